@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from backend.api.deps import SessionDep
+from backend.services import metrics as metric_service
+from backend.services import runs as run_service
+from backend.services.artifacts import artifact_read, list_run_artifacts
+from repscope.schemas import ArtifactRead, MetricSeries, Page, ProjectRead, RunCreate, RunRead
+
+router = APIRouter(tags=["runs"])
+
+
+@router.get("/projects", response_model=list[ProjectRead])
+def list_projects(session: SessionDep) -> list[ProjectRead]:
+    return run_service.list_projects(session)
+
+
+@router.post("/runs", response_model=RunRead, status_code=200,
+             responses={201: {"model": RunRead, "description": "run created"}})
+def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunRead:
+    """Get-or-create a run by (project, name): 201 when created, 200 when it already existed."""
+    run, created = run_service.get_or_create_run(session, body)
+    response.status_code = 201 if created else 200
+    return run_service.run_read(run)
+
+
+@router.get("/runs", response_model=Page[RunRead])
+def list_runs(session: SessionDep, project: str | None = None, tag: str | None = None, q: str | None = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50,
+              offset: Annotated[int, Query(ge=0)] = 0) -> Page[RunRead]:
+    items, total = run_service.list_runs(session, project=project, tag=tag, q=q, limit=limit, offset=offset)
+    return Page(items=[run_service.run_read(r) for r in items], total=total, limit=limit, offset=offset)
+
+
+@router.get("/runs/{run_id}", response_model=RunRead)
+def get_run(run_id: int, session: SessionDep) -> RunRead:
+    return run_service.run_read(run_service.get_run(session, run_id))
+
+
+@router.get("/runs/{run_id}/metrics", response_model=MetricSeries | list[str])
+def run_metrics(run_id: int, session: SessionDep, key: str | None = None) -> MetricSeries | list[str]:
+    """With `key`: that metric over training step. Without: the metric keys this run has."""
+    run_service.get_run(session, run_id)
+    if key is None:
+        return metric_service.keys(session, run_id)
+    return metric_service.series(session, run_id, key)
+
+
+@router.get("/runs/{run_id}/artifacts", response_model=list[ArtifactRead])
+def run_artifacts(run_id: int, session: SessionDep) -> list[ArtifactRead]:
+    run_service.get_run(session, run_id)
+    return [artifact_read(a) for a in list_run_artifacts(session, run_id)]

@@ -1,0 +1,119 @@
+"""Streaming multipart/form-data reader: the file part goes straight to the artifact store's temp area.
+
+Starlette's form parser spools files into the system temp dir first; this one writes into the data dir while
+hashing, enforces the byte limit as the body arrives, and keeps text fields small, so the API process never
+holds a whole upload in memory and never writes it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from starlette.requests import Request
+
+from backend.storage import ArtifactStore, IncomingFile, Received
+
+MAX_FIELDS = 32
+MAX_FIELD_BYTES = 64 * 1024
+
+
+class MultipartError(ValueError):
+    """The request body is not acceptable multipart form data; the message says why."""
+
+
+@dataclass
+class UploadForm:
+    fields: dict[str, str] = field(default_factory=dict)
+    file: Received | None = None
+    filename: str | None = None
+
+
+class _Collector:
+    """Parser callbacks that route each part to a text buffer or to the store."""
+
+    def __init__(self, store: ArtifactStore, limit: int, file_field: str) -> None:
+        self.store, self.limit, self.file_field = store, limit, file_field
+        self.form = UploadForm()
+        self.incoming: IncomingFile | None = None
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._text: bytearray | None = None
+
+    # header callbacks
+    def on_part_begin(self) -> None:
+        self._headers, self._name, self._text = {}, None, None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field = self._header_value = b""
+
+    def on_headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in options:
+            raise MultipartError("each multipart part needs a Content-Disposition: form-data header with a name")
+        self._name = options[b"name"].decode("utf-8", "replace")
+        if b"filename" in options:
+            if self._name != self.file_field:
+                raise MultipartError(f"unexpected file field {self._name!r}; send the file as {self.file_field!r}")
+            if self.incoming is not None:
+                raise MultipartError(f"only one {self.file_field!r} part is accepted")
+            self.form.filename = options[b"filename"].decode("utf-8", "replace")
+            self.incoming = self.store.incoming(self.limit)
+        else:
+            if len(self.form.fields) >= MAX_FIELDS:
+                raise MultipartError(f"too many form fields (at most {MAX_FIELDS})")
+            self._text = bytearray()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._text is not None:
+            self._text += data[start:end]
+            if len(self._text) > MAX_FIELD_BYTES:
+                raise MultipartError(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+        elif self.incoming is not None:
+            self.incoming.write(data[start:end])
+
+    def on_part_end(self) -> None:
+        if self._text is not None and self._name is not None:
+            self.form.fields[self._name] = self._text.decode("utf-8", "replace")
+            self._text = None
+
+    def callbacks(self) -> dict:
+        return {name: getattr(self, name) for name in (
+            "on_part_begin", "on_header_field", "on_header_value", "on_header_end",
+            "on_headers_finished", "on_part_data", "on_part_end")}
+
+
+async def receive_upload(request: Request, store: ArtifactStore, limit: int, file_field: str = "file") -> UploadForm:
+    """Parse the body; on any error the partial file is removed before the exception propagates."""
+    content_type, options = parse_options_header(request.headers.get("content-type", ""))
+    if content_type != b"multipart/form-data" or b"boundary" not in options:
+        raise MultipartError("expected a multipart/form-data body with a 'file' part")
+    collector = _Collector(store, limit, file_field)
+    parser = MultipartParser(options[b"boundary"], collector.callbacks())
+    try:
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+        if parser.state != MultipartState.END:
+            raise MultipartError("multipart body ended before its closing boundary (truncated upload?)")
+        if collector.incoming is not None:
+            collector.form.file = collector.incoming.finish()
+    except MultipartParseError as exc:
+        if collector.incoming is not None:
+            collector.incoming.discard()
+        raise MultipartError(f"malformed multipart body: {exc}") from exc
+    except BaseException:
+        if collector.incoming is not None:
+            collector.incoming.discard()
+        raise
+    return collector.form

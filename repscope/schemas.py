@@ -1,0 +1,148 @@
+"""Wire schemas of the REST API (v1): what the backend returns and the client and worker read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+
+class Status(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+FINISHED = {Status.succeeded, Status.failed, Status.cancelled}
+
+
+class _Read(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class RunCreate(BaseModel):
+    project: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
+    config: dict[str, Any] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list, max_length=50)
+
+
+class ProjectRead(_Read):
+    id: int
+    name: str
+    created_at: datetime
+    n_runs: int = 0
+
+
+class RunRead(_Read):
+    id: int
+    project: str
+    name: str
+    config: dict[str, Any]
+    tags: list[str]
+    created_at: datetime
+
+
+class ArtifactRead(_Read):
+    id: int
+    run_id: int
+    step: int
+    kind: str
+    format: str
+    sha256: str
+    bytes: int
+    dataset: str | None
+    meta: dict[str, Any]
+    created_at: datetime
+
+
+class EvaluationBrief(_Read):
+    id: int
+    suite: str
+    status: Status
+
+
+class UploadAccepted(BaseModel):
+    artifact: ArtifactRead
+    evaluations: list[EvaluationBrief]
+    deduplicated: bool = False
+
+
+class EvaluationRead(_Read):
+    id: int
+    artifact_id: int
+    run_id: int
+    step: int
+    suite: str
+    params: dict[str, Any]
+    status: Status
+    progress: float
+    message: str | None
+    error: str | None
+    attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+
+
+class ClaimRequest(BaseModel):
+    worker: str = Field(max_length=200)
+
+
+class ClaimResponse(BaseModel):
+    """What a worker needs to run an evaluation: the evaluation, its artifact, where to read the file."""
+
+    evaluation: EvaluationRead
+    artifact: ArtifactRead
+    local_path: str | None = None  # set when the worker shares the API's data dir
+    download_url: str
+
+
+class EvaluationPatch(BaseModel):
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    message: str | None = Field(default=None, max_length=2000)
+    status: Status | None = None
+    error: str | None = Field(default=None, max_length=20000)
+
+
+class EvaluationResultIn(BaseModel):
+    metrics: dict[str, float]
+    figures: dict[str, Any] = Field(default_factory=dict)
+    variant: dict[str, Any] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+
+
+class MetricPoint(BaseModel):
+    step: int
+    value: float
+    evaluation_id: int
+
+
+class MetricSeries(BaseModel):
+    run_id: int
+    key: str
+    points: list[MetricPoint]
+
+
+class Health(BaseModel):
+    status: str
+    database: str
+    broker: str
+    workers_seen: list[str]
+    version: str

@@ -1,0 +1,58 @@
+"""Settings shared by the API, the worker and the CLI; every field reads REPSCOPE_<NAME> from the environment."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REPSCOPE_", extra="ignore")
+
+    # Where artifacts, the embedded SQLite database and the embedded broker's folders live.
+    data_dir: Path = Path("./data")
+    # SQLAlchemy URL; default: SQLite in data_dir. PostgreSQL: postgresql+psycopg://user@host/db
+    database_url: str | None = None
+    # Celery broker; default: kombu's filesystem transport in data_dir/broker (no Redis needed).
+    broker_url: str | None = None
+    # Celery queue the evaluations go to.
+    queue: str = "repscope"
+    # Base URL the worker (and the CLI) use to reach the API.
+    api_url: str = "http://127.0.0.1:8000"
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    # Upload limits, enforced while the body streams in.
+    max_upload_bytes: int = 8 * 1024**3
+    max_elements: int = 4_000_000_000  # N x D of one embeddings file
+
+    # Queue reliability: the database is the source of truth, the broker only transport.
+    sweep_interval_s: float = 10.0  # how often the sweeper looks
+    requeue_after_s: float = 120.0  # a `queued` evaluation not claimed for this long is sent again
+    lease_s: float = 300.0  # a `running` evaluation with no progress for this long is presumed lost
+    max_attempts: int = 3
+
+    # Worker: where a worker that does not share data_dir keeps downloaded artifacts; device for suites.
+    worker_cache_dir: Path | None = None
+    device: str | None = None  # "cuda", "cpu" or None = cuda when available
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'repscope.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

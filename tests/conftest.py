@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from backend.app import create_app
+from repscope.settings import Settings
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings(data_dir=tmp_path / "data", max_upload_bytes=5_000_000, requeue_after_s=60, lease_s=30)
+
+
+@pytest.fixture
+def app(settings):
+    return create_app(settings, run_sweeper=False)
+
+
+@pytest.fixture
+def api(app):
+    """The real FastAPI app over its real SQLite database and filesystem broker (no worker consumes)."""
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture
+def run_id(api) -> int:
+    response = api.post("/api/v1/runs", json={"project": "simclr", "name": "lr0.3", "config": {"lr": 0.3}})
+    assert response.status_code == 201
+    return response.json()["id"]

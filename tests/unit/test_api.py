@@ -1,0 +1,232 @@
+"""REST API over the real app, database and filesystem broker: uploads, dedupe, bad input, life cycle."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from backend.models import Artifact, Evaluation, Metric
+from backend.services.evaluations import claim
+from backend.sweeper import sweep_once
+from repscope.celeryconf import EVALUATE_TASK, broker_folders
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def upload(api, run_id: int, name: str, content: bytes, **fields):
+    data = {k: str(v) for k, v in fields.items()}
+    return api.post(f"/api/v1/runs/{run_id}/artifacts", data=data, files={"file": (name, content)})
+
+
+def stored_files(settings) -> list[Path]:
+    return [p for p in (settings.data_dir / "artifacts" / "objects").rglob("*") if p.is_file()]
+
+
+def tmp_files(settings) -> list[Path]:
+    return list((settings.data_dir / "artifacts" / "tmp").iterdir())
+
+
+def queued_messages(settings) -> list[dict]:
+    """Messages the backend published to the embedded broker (kombu filesystem transport files)."""
+    out = []
+    for path in sorted(broker_folders(settings)["queue"].glob("*.msg")):
+        payload = json.loads(path.read_text())
+        out.append(payload)
+    return out
+
+
+def count(app, model) -> int:
+    with app.state.sessionmaker() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_run_get_or_create(api):
+    first = api.post("/api/v1/runs", json={"project": "p", "name": "r", "config": {"lr": 1}, "tags": ["a"]})
+    again = api.post("/api/v1/runs", json={"project": "p", "name": "r", "tags": ["b"]})
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.json()["id"] == again.json()["id"]
+    assert again.json()["config"] == {"lr": 1}
+    assert again.json()["tags"] == ["a", "b"]
+    listed = api.get("/api/v1/runs", params={"project": "p"}).json()
+    assert listed["total"] == 1 and listed["items"][0]["name"] == "r"
+    assert api.get("/api/v1/runs", params={"tag": "b"}).json()["total"] == 1
+    assert api.get("/api/v1/runs", params={"tag": "zzz"}).json()["total"] == 0
+
+
+def test_run_pagination(api):
+    for i in range(7):
+        api.post("/api/v1/runs", json={"project": "pg", "name": f"run{i}"})
+    page = api.get("/api/v1/runs", params={"project": "pg", "limit": 3, "offset": 3}).json()
+    assert page["total"] == 7 and len(page["items"]) == 3
+    assert [r["name"] for r in page["items"]] == ["run3", "run2", "run1"]
+
+
+def test_run_validation_is_readable(api):
+    response = api.post("/api/v1/runs", json={"project": "", "name": "x"})
+    assert response.status_code == 422
+    assert "project" in response.json()["detail"]
+
+
+def test_upload_npy_queues_task_by_name(api, app, settings, run_id):
+    z = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    response = upload(api, run_id, "z.npy", npy_bytes(z), step=100, dataset="val")
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["artifact"]["meta"]["n"] == 50 and body["artifact"]["meta"]["d"] == 8
+    assert body["artifact"]["step"] == 100 and body["artifact"]["dataset"] == "val"
+    assert [(e["suite"], e["status"]) for e in body["evaluations"]] == [("spectrum", "queued")]
+    files = stored_files(settings)
+    assert len(files) == 1 and np.array_equal(np.load(files[0]), z)
+    messages = queued_messages(settings)
+    assert len(messages) == 1
+    headers = messages[0]["headers"]
+    assert headers["task"] == EVALUATE_TASK
+    assert json.loads(headers["argsrepr"].replace("(", "[").replace(",)", "]").replace(")", "]")) == [
+        body["evaluations"][0]["id"]]
+    # the stored file is served back byte for byte
+    download = api.get(f"/api/v1/artifacts/{body['artifact']['id']}/file")
+    assert download.status_code == 200 and download.content == npy_bytes(z)
+
+
+def test_same_content_stored_once(api, app, settings, run_id):
+    z = np.ones((20, 4), dtype=np.float32) * np.arange(4)
+    content = npy_bytes(z)
+    first = upload(api, run_id, "a.npy", content, step=1).json()
+    retry = upload(api, run_id, "a.npy", content, step=1).json()
+    assert retry["deduplicated"] is True and retry["artifact"]["id"] == first["artifact"]["id"]
+    other_run = api.post("/api/v1/runs", json={"project": "simclr", "name": "other"}).json()["id"]
+    second = upload(api, other_run, "a.npy", content, step=1).json()
+    assert second["artifact"]["id"] != first["artifact"]["id"]
+    assert second["artifact"]["sha256"] == first["artifact"]["sha256"]
+    assert len(stored_files(settings)) == 1
+    assert count(app, Artifact) == 2 and count(app, Evaluation) == 2
+    assert tmp_files(settings) == []
+
+
+def _malicious_pickle() -> bytes:
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (Path("/tmp/repscope-pwned-marker"),))
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps(Evil()))
+        zf.writestr("archive/version", "3\n")
+    return buf.getvalue()
+
+
+GOOD = np.random.default_rng(1).standard_normal((30, 6)).astype(np.float32)
+BAD_UPLOADS = {
+    "non-numeric": ("x.npy", npy_bytes(np.array([["a", "b"], ["c", "d"]])), "dtype"),
+    "1-D": ("x.npy", npy_bytes(np.arange(10, dtype=np.float32)), "2-D"),
+    "NaN": ("x.npy", npy_bytes(np.where(np.eye(6, dtype=bool)[:6], np.nan, 1.0).astype(np.float32)), "finite"),
+    "Inf": ("x.npy", npy_bytes(np.full((4, 3), np.inf, dtype=np.float32)), "finite"),
+    "wrong label count": ("x.npz", npz_bytes(embeddings=GOOD, labels=np.arange(29)), "labels"),
+    "unknown format": ("x.csv", b"1,2,3\n4,5,6\n", "format"),
+    "truncated": ("x.npy", npy_bytes(GOOD)[:-40], "truncated"),
+    "pickle with globals": ("x.pt", _malicious_pickle(), "forbidden"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_bad_upload_is_refused_and_leaves_nothing(api, app, settings, run_id, case):
+    name, content, words = BAD_UPLOADS[case]
+    response = upload(api, run_id, name, content)
+    assert 400 <= response.status_code < 500, response.text
+    assert words.lower() in response.json()["detail"].lower(), response.json()["detail"]
+    assert count(app, Artifact) == 0 and count(app, Evaluation) == 0
+    assert stored_files(settings) == [] and tmp_files(settings) == []
+    assert queued_messages(settings) == []
+    assert not Path("/tmp/repscope-pwned-marker").exists()
+    assert api.get("/api/v1/health").json()["database"] == "ok"  # still serving
+
+
+def test_upload_over_size_limit(api, app, settings, run_id):
+    big = np.zeros((settings.max_upload_bytes // 4 + 10, 1), dtype=np.float32)
+    response = upload(api, run_id, "big.npy", npy_bytes(big))
+    assert response.status_code == 413 and "size limit" in response.json()["detail"]
+    assert stored_files(settings) == [] and tmp_files(settings) == [] and count(app, Artifact) == 0
+
+
+def test_upload_form_errors(api, run_id):
+    assert upload(api, run_id, "z.npy", npy_bytes(GOOD), suites="nope").json()["detail"].startswith("unknown suite")
+    assert upload(api, run_id, "z.npy", npy_bytes(GOOD), step="-3").status_code == 422
+    assert upload(api, run_id, "z.npy", npy_bytes(GOOD), kind="banana").status_code == 422
+    missing = api.post(f"/api/v1/runs/{run_id}/artifacts", data={"step": "1"})
+    assert missing.status_code == 400
+    assert upload(api, 9999, "z.npy", npy_bytes(GOOD)).status_code == 404
+
+
+def test_worker_life_cycle_and_metric_series(api, app, run_id):
+    ids = []
+    for step in (10, 20):
+        body = upload(api, run_id, f"s{step}.npy", npy_bytes(GOOD * step), step=step).json()
+        ids.append(body["evaluations"][0]["id"])
+    first = api.post(f"/api/v1/evaluations/{ids[0]}/claim", json={"worker": "w1"})
+    assert first.status_code == 200 and first.json()["local_path"].endswith(".npy")
+    assert api.post(f"/api/v1/evaluations/{ids[0]}/claim", json={"worker": "w2"}).status_code == 409
+    assert api.patch(f"/api/v1/evaluations/{ids[0]}", json={"progress": 0.5, "message": "gram"}).json()["progress"] == 0.5
+    result = {"metrics": {"rankme": 4.5, "nan_metric": float("nan")}, "figures": {"singular_values": [3, 2, 1]},
+              "variant": {"centered": False}}
+    done = api.post(f"/api/v1/evaluations/{ids[0]}/result", content=json.dumps(result),
+                    headers={"content-type": "application/json"}).json()
+    assert done["status"] == "succeeded" and done["metrics"] == {"rankme": 4.5}
+    assert done["result"]["undefined_metrics"] == ["nan_metric"]
+    # a retried result POST is refused, never duplicated
+    assert api.post(f"/api/v1/evaluations/{ids[0]}/result", json=result | {"metrics": {"rankme": 1.0}}).status_code == 409
+    api.post(f"/api/v1/evaluations/{ids[1]}/claim", json={"worker": "w1"})
+    api.post(f"/api/v1/evaluations/{ids[1]}/result", json={"metrics": {"rankme": 5.5}})
+    series = api.get(f"/api/v1/runs/{run_id}/metrics", params={"key": "rankme"}).json()
+    assert [(p["step"], p["value"]) for p in series["points"]] == [(10, 4.5), (20, 5.5)]
+    assert api.get(f"/api/v1/runs/{run_id}/metrics").json() == ["rankme"]
+    assert count(app, Metric) == 2
+    failed = upload(api, run_id, "s30.npy", npy_bytes(GOOD * 30), step=30).json()["evaluations"][0]["id"]
+    api.post(f"/api/v1/evaluations/{failed}/claim", json={"worker": "w1"})
+    api.patch(f"/api/v1/evaluations/{failed}", json={"status": "failed", "error": "CUDA out of memory"})
+    view = api.get(f"/api/v1/evaluations/{failed}").json()
+    assert view["status"] == "failed" and view["error"] == "CUDA out of memory"
+    listed = api.get("/api/v1/evaluations", params={"run": run_id, "status": "failed"}).json()
+    assert [e["id"] for e in listed["items"]] == [failed]
+
+
+def test_sweeper_resends_lost_and_recovers_stale(api, app, settings, run_id):
+    eid = upload(api, run_id, "z.npy", npy_bytes(GOOD)).json()["evaluations"][0]["id"]
+    for msg in broker_folders(settings)["queue"].glob("*.msg"):
+        msg.unlink()  # the broker lost the message
+    sweeper_settings = settings.model_copy(update={"requeue_after_s": 0.0, "lease_s": 0.0})
+    with app.state.sessionmaker() as session:
+        assert sweep_once(session, app.state.queue, sweeper_settings)["resent"] == 1
+    assert len(queued_messages(settings)) == 1
+    with app.state.sessionmaker() as session:
+        claim(session, eid, "dead-worker", lease_s=60)
+        counts = sweep_once(session, app.state.queue, sweeper_settings)  # lease 0 s: the worker is presumed dead
+    assert counts["recovered"] == 1
+    assert api.get(f"/api/v1/evaluations/{eid}").json()["status"] == "queued"
+
+
+def test_health(api):
+    body = api.get("/api/v1/health").json()
+    assert body["database"] == "ok" and body["broker"] == "ok" and body["status"] == "ok"
+
+
+def test_openapi_documents_upload_form(api):
+    spec = api.get("/openapi.json").json()
+    form = spec["paths"]["/api/v1/runs/{run_id}/artifacts"]["post"]["requestBody"]["content"]
+    assert "file" in form["multipart/form-data"]["schema"]["properties"]

@@ -1,0 +1,81 @@
+"""Runs one evaluation end to end: claim over the API, fetch the artifact, run the suite, report.
+
+Talks to the backend only through repscope.Client (DESIGN.md layering).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+
+from repscope.client import Client
+from repscope.formats import load_embeddings
+from repscope.schemas import ClaimResponse, EvaluationResultIn
+from repscope.settings import Settings
+from worker.registry import SUITES
+from worker.suites.base import ProgressFn
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 1.0
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def artifact_path(claim: ClaimResponse, client: Client, settings: Settings) -> Path:
+    """The shared data dir's file when this worker can see it, else a streamed download cached by sha256."""
+    if claim.local_path and Path(claim.local_path).is_file():
+        return Path(claim.local_path)
+    cache = settings.worker_cache_dir or (settings.data_dir / "worker-cache")
+    dest = Path(cache) / f"{claim.artifact.sha256}.{claim.artifact.format}"
+    if not dest.is_file():
+        client.download(claim.download_url, dest)
+    return dest
+
+
+def throttled_progress(client: Client, evaluation_id: int) -> ProgressFn:
+    last = [0.0]
+
+    def report(fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            client.report(evaluation_id, progress=min(max(fraction, 0.0), 1.0), message=message[:2000])
+
+    return report
+
+
+def run_evaluation(evaluation_id: int, client: Client, worker_name: str, settings: Settings) -> str:
+    """Returns 'skipped' (someone else has it), 'succeeded' or 'failed'."""
+    claim = client.claim(evaluation_id, worker_name)
+    if claim is None:
+        log.info("evaluation %s already claimed elsewhere; skipping", evaluation_id)
+        return "skipped"
+    suite = claim.evaluation.suite
+    try:
+        runner = SUITES.get(suite)
+        if runner is None:
+            raise ValueError(f"this worker cannot run suite {suite!r}; it has {sorted(SUITES)}")
+        device = pick_device(settings.device)
+        client.report(evaluation_id, progress=0.0, message=f"loading {claim.artifact.format} artifact")
+        path = artifact_path(claim, client, settings)
+        arrays = load_embeddings(path, f"artifact.{claim.artifact.format}")
+        started = time.perf_counter()
+        result = runner(arrays, dict(claim.evaluation.params), device, throttled_progress(client, evaluation_id))
+        result.variant.setdefault("device", device)
+        result.variant["worker"] = worker_name
+        result.variant["seconds"] = round(time.perf_counter() - started, 4)
+        client.post_result(evaluation_id, EvaluationResultIn(**result.to_json()))
+        return "succeeded"
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a readable `failed` evaluation
+        log.exception("evaluation %s failed", evaluation_id)
+        tail = "".join(traceback.format_exception(exc)[-3:])
+        client.report(evaluation_id, status="failed", error=f"{type(exc).__name__}: {exc}\n\n{tail}"[:20000])
+        return "failed"
