@@ -1,0 +1,11 @@
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY repscope repscope
+COPY backend backend
+COPY worker worker
+COPY frontend frontend
+RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir ".[server,worker]"
+ENV REPSCOPE_DATA_DIR=/data
+EXPOSE 8000
+CMD ["repscope", "serve", "--host", "0.0.0.0", "--no-worker"]
