@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from backend.services.artifacts import list_run_artifacts
 from repscope.schemas import FINISHED, Status
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
+TEMPLATES.env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 RUN_CHART_KEYS = ("rankme",)
 PAGE_SIZE = 50
 

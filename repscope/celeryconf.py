@@ -15,7 +15,7 @@ EVALUATE_TASK = "repscope.evaluate"
 
 def broker_folders(settings: Settings) -> dict[str, Path]:
     root = settings.data_dir.resolve() / "broker"
-    return {"queue": root / "queue", "processed": root / "processed"}
+    return {"queue": root / "queue", "processed": root / "processed", "control": root / "control"}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -38,7 +38,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "data_folder_in": str(folders["queue"]),
             "data_folder_out": str(folders["queue"]),
             "processed_folder": str(folders["processed"]),
+            "control_folder": str(folders["control"]),
             "store_processed": False,
+            "polling_interval": 0.5,
         }
     else:
         conf["broker_transport_options"] = {"visibility_timeout": 3600}
