@@ -8,12 +8,13 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from backend import migrate
 from backend.api import artifacts, evaluations, health, runs
 from backend.db import make_engine, make_sessionmaker
+from backend.pages import TEMPLATES
 from backend.pages import router as pages_router
 from backend.queue import TaskQueue
 from backend.services import Conflict, NotFound
@@ -61,8 +62,10 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
-    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": str(exc)}, status_code=404)
+        return TEMPLATES.TemplateResponse(request, "404.html", {"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:

@@ -9,6 +9,9 @@ from repscope.schemas import MetricSeries
 METRIC_LABELS = {
     "rankme": "RankMe (effective rank)",
     "rankme_centered": "RankMe, centred",
+    "stable_rank": "stable rank",
+    "nesum": "NESum",
+    "alpha_req": "α-ReQ",
 }
 
 
@@ -19,9 +22,9 @@ def metric_label(key: str) -> str:
 def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
     return {
         "title": {"text": title},
-        "xaxis": {"title": {"text": x_title}, "zeroline": False},
+        "xaxis": {"title": {"text": x_title}, "zeroline": False, **extra.pop("xaxis", {})},
         "yaxis": {"title": {"text": y_title}, "zeroline": False, **extra.pop("yaxis", {})},
-        "hovermode": "x unified",
+        "hovermode": extra.pop("hovermode", "x unified"),
         "margin": {"l": 70, "r": 20, "t": 50, "b": 55},
         **extra,
     }
@@ -45,3 +48,60 @@ def singular_value_spectrum(singular_values: list[float], title: str = "Singular
              "hovertemplate": "k %{x}<br>σ %{y:.4g}<extra></extra>"}]
     return {"data": data, "layout": _layout(title, "index k (descending)", "singular value σ_k (log scale)",
                                             yaxis={"type": "log", "exponentformat": "power"})}
+
+
+def explained_variance(cumulative: list[float]) -> dict[str, Any]:
+    """Cumulative share of variance explained by the first k principal components (centred spectrum)."""
+    ks = list(range(1, len(cumulative) + 1))
+    data = [{"type": "scatter", "mode": "lines", "name": "cumulative", "x": ks, "y": cumulative,
+             "hovertemplate": "%{x} components<br>%{y:.1%} of variance<extra></extra>"}]
+    return {"data": data, "layout": _layout("Cumulative explained variance", "number of principal components k",
+                                            "share of variance explained",
+                                            yaxis={"range": [0, 1.02], "tickformat": ".0%"})}
+
+
+def alpha_req_fit(fig: dict[str, Any]) -> dict[str, Any] | None:
+    """log λ_i against log i with the α-ReQ least-squares line over its fit range."""
+    if not fig or not fig.get("log_i"):
+        return None
+    data = [{"type": "scatter", "mode": "markers", "name": "log λ_i", "x": fig["log_i"], "y": fig["log_lambda"],
+             "marker": {"size": 4}, "hovertemplate": "log i %{x:.2f}<br>log λ %{y:.3f}<extra></extra>"}]
+    title = "α-ReQ power-law fit of the covariance spectrum"
+    if fig.get("fit_line") and fig.get("range"):
+        first, last = fig["range"]
+        xs, ys = fig["log_i"][first - 1:last], fig["fit_line"][first - 1:last]
+        data.append({"type": "scatter", "mode": "lines", "name": f"fit, ranks {first}–{last}", "x": xs, "y": ys,
+                     "line": {"width": 3}, "hoverinfo": "skip"})
+        title += f": α = {fig['alpha']:.3f}, R² = {fig['r2']:.3f}"
+    return {"data": data, "layout": _layout(title, "log rank i", "log eigenvalue λ_i", hovermode="closest")}
+
+
+MATRYOSHKA_CHART_KEYS = ("rankme", "rankme_centered", "stable_rank", "nesum")
+
+
+def matryoshka(fig: dict[str, Any]) -> dict[str, Any] | None:
+    """Rank-type metrics of the nested prefixes z[:, :d] against d (Matryoshka / nested features)."""
+    dims = fig.get("dims") if fig else None
+    if not dims or len(dims) < 2:
+        return None
+    order = sorted(range(len(dims)), key=lambda i: dims[i])
+    xs = [dims[i] for i in order]
+    data = [{"type": "scatter", "mode": "lines+markers", "name": metric_label(key), "x": xs,
+             "y": [fig[key][i] for i in order], "hovertemplate": f"d = %{{x}}<br>{key} %{{y:.3f}}<extra></extra>"}
+            for key in MATRYOSHKA_CHART_KEYS if key in fig]
+    return {"data": data, "layout": _layout("Metrics of nested prefixes z[:, :d]", "prefix dimension d (log₂ scale)",
+                                            "value", xaxis={"type": "log", "title": {"text": "prefix dimension d"},
+                                                            "tickvals": xs, "ticktext": [str(x) for x in xs]})}
+
+
+def spectrum_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every chart the spectrum suite's figure data supports, in page order."""
+    charts = []
+    if figs.get("singular_values"):
+        charts.append(singular_value_spectrum(figs["singular_values"]))
+    if figs.get("explained_variance_cumulative"):
+        charts.append(explained_variance(figs["explained_variance_cumulative"]))
+    for built in (alpha_req_fit(figs.get("alpha_fit") or {}), matryoshka(figs.get("matryoshka") or {})):
+        if built is not None:
+            charts.append(built)
+    return charts

@@ -67,14 +67,26 @@ def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse
         "metric_keys": metric_service.keys(session, run_id)})
 
 
+def _nested_table(metrics: dict[str, float], full_dim: int | None) -> dict[str, object] | None:
+    """Metrics keyed 'name@d64' as rows (metric) x columns (prefix dimension), the full D first."""
+    dims = sorted({int(k.split("@d", 1)[1]) for k in metrics if "@d" in k}, reverse=True)
+    if not dims:
+        return None
+    names = sorted({k.split("@d", 1)[0] for k in metrics if "@d" in k})
+    columns = ([full_dim] if full_dim else []) + dims
+    rows = {name: ([metrics.get(name)] if full_dim else []) + [metrics.get(f"{name}@d{d}") for d in dims]
+            for name in names}
+    return {"dims": columns, "rows": rows}
+
+
 @router.get("/evaluations/{evaluation_id}", response_class=HTMLResponse)
 def evaluation_page(request: Request, evaluation_id: int, session: SessionDep) -> HTMLResponse:
     evaluation = evaluation_service.get_evaluation(session, evaluation_id)
     view = evaluation_service.evaluation_read(evaluation)
     figs = (view.result or {}).get("figures", {})
-    charts = []
-    if figs.get("singular_values"):
-        charts.append(figures.singular_value_spectrum(figs["singular_values"]))
+    charts = figures.spectrum_charts(figs) if evaluation.suite == "spectrum" else []
+    main_metrics = {k: v for k, v in view.metrics.items() if "@d" not in k}
+    nested = _nested_table(view.metrics, evaluation.artifact.meta.get("d"))
     return TEMPLATES.TemplateResponse(request, "evaluation.html", {
         "evaluation": view, "artifact": evaluation.artifact, "run": evaluation.artifact.run, "charts": charts,
-        "finished": view.status in FINISHED, "failed": view.status == Status.failed})
+        "main_metrics": main_metrics, "nested": nested, "finished": view.status in FINISHED, "failed": view.status == Status.failed})
