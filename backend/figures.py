@@ -12,6 +12,8 @@ METRIC_LABELS = {
     "stable_rank": "stable rank",
     "nesum": "NESum",
     "alpha_req": "α-ReQ",
+    "linear_top1": "linear probe top-1",
+    "knn20_top1": "20-NN top-1",
 }
 
 
@@ -105,3 +107,70 @@ def spectrum_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
         if built is not None:
             charts.append(built)
     return charts
+
+
+def knn_accuracy(fig: dict[str, Any]) -> dict[str, Any] | None:
+    """Weighted k-NN top-1 / top-5 accuracy against k."""
+    if not fig or not fig.get("k"):
+        return None
+    data = [{"type": "scatter", "mode": "lines+markers", "name": name, "x": fig["k"], "y": fig[key],
+             "hovertemplate": f"k = %{{x}}<br>{name} %{{y:.2%}}<extra></extra>"}
+            for key, name in (("top1", "top-1"), ("top5", "top-5")) if fig.get(key)]
+    return {"data": data, "layout": _layout("Weighted k-NN accuracy (T = 0.07)", "neighbours k", "test accuracy",
+                                            xaxis={"type": "log", "tickvals": fig["k"]},
+                                            yaxis={"tickformat": ".0%"})}
+
+
+def c_sweep(fig: dict[str, Any]) -> dict[str, Any] | None:
+    """Holdout accuracy of the linear probe over the L2 grid, with the chosen C marked."""
+    if not fig or not fig.get("c"):
+        return None
+    data = [{"type": "scatter", "mode": "lines+markers", "name": "holdout top-1", "x": fig["c"],
+             "y": fig["holdout_top1"], "hovertemplate": "C = %{x:.3g}<br>holdout %{y:.2%}<extra></extra>"}]
+    layout = _layout("Linear probe: inverse L2 strength C on the train holdout", "C (log scale)",
+                     "holdout top-1 accuracy", xaxis={"type": "log", "exponentformat": "power"},
+                     yaxis={"tickformat": ".0%"})
+    if fig.get("best_c") is not None:
+        layout["shapes"] = [{"type": "line", "x0": fig["best_c"], "x1": fig["best_c"], "yref": "paper", "y0": 0,
+                             "y1": 1, "line": {"dash": "dot"}}]
+        layout["title"]["text"] += f" (chosen C = {fig['best_c']:.3g})"
+    return {"data": data, "layout": layout}
+
+
+def confusion_matrix(fig: dict[str, Any]) -> dict[str, Any] | None:
+    """Heatmap of test counts: true class (rows) against predicted class (columns)."""
+    if not fig or not fig.get("matrix"):
+        return None
+    labels = [str(x) for x in fig["labels"]]
+    data = [{"type": "heatmap", "z": fig["matrix"], "x": labels, "y": labels, "colorscale": "Blues",
+             "hovertemplate": "true %{y}<br>predicted %{x}<br>%{z} samples<extra></extra>"}]
+    layout = _layout("Linear probe confusion matrix (test split)", "predicted class", "true class",
+                     yaxis={"autorange": "reversed", "type": "category"}, hovermode="closest")
+    layout["xaxis"]["type"] = "category"
+    return {"data": data, "layout": layout}
+
+
+def per_class_accuracy(fig: dict[str, Any]) -> dict[str, Any] | None:
+    if not fig or not fig.get("values"):
+        return None
+    data = [{"type": "bar", "x": [str(x) for x in fig["labels"]], "y": fig["values"], "name": "recall",
+             "hovertemplate": "class %{x}<br>accuracy %{y:.2%}<extra></extra>"}]
+    layout = _layout("Linear probe accuracy per class (test split)", "class", "accuracy (recall)",
+                     yaxis={"tickformat": ".0%", "range": [0, 1.02]}, hovermode="closest")
+    layout["xaxis"]["type"] = "category"
+    return {"data": data, "layout": layout}
+
+
+def probe_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
+    built = (knn_accuracy(figs.get("knn") or {}), c_sweep(figs.get("c_sweep") or {}),
+             confusion_matrix(figs.get("confusion_matrix") or {}),
+             per_class_accuracy(figs.get("per_class_accuracy") or {}))
+    return [c for c in built if c is not None]
+
+
+SUITE_CHARTS = {"spectrum": spectrum_charts, "probes": probe_charts}
+
+
+def suite_charts(suite: str, figs: dict[str, Any]) -> list[dict[str, Any]]:
+    builder = SUITE_CHARTS.get(suite)
+    return builder(figs) if builder and figs else []

@@ -21,7 +21,7 @@ from repscope.schemas import FINISHED, Status
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
 TEMPLATES.env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-RUN_CHART_KEYS = ("rankme",)
+RUN_CHART_KEYS = ("rankme", "linear_top1", "knn20_top1")
 PAGE_SIZE = 50
 
 router = APIRouter(include_in_schema=False)
@@ -58,8 +58,9 @@ def _latest(session, run_id: int, key: str) -> float | None:  # noqa: ANN001
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
 def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse:
     run = run_service.get_run(session, run_id)
-    charts = [figures.metric_over_step([(run.name, metric_service.series(session, run_id, key))], key)
-              for key in RUN_CHART_KEYS]
+    series = {key: metric_service.series(session, run_id, key) for key in RUN_CHART_KEYS}
+    charts = [figures.metric_over_step([(run.name, s)], key) for key, s in series.items()
+              if s.points or key == "rankme"]
     artifacts = list_run_artifacts(session, run_id)
     pending = any(e.status not in FINISHED for a in artifacts for e in a.evaluations)
     return TEMPLATES.TemplateResponse(request, "run.html", {
@@ -84,7 +85,7 @@ def evaluation_page(request: Request, evaluation_id: int, session: SessionDep) -
     evaluation = evaluation_service.get_evaluation(session, evaluation_id)
     view = evaluation_service.evaluation_read(evaluation)
     figs = (view.result or {}).get("figures", {})
-    charts = figures.spectrum_charts(figs) if evaluation.suite == "spectrum" else []
+    charts = figures.suite_charts(evaluation.suite, figs)
     main_metrics = {k: v for k, v in view.metrics.items() if "@d" not in k}
     nested = _nested_table(view.metrics, evaluation.artifact.meta.get("d"))
     return TEMPLATES.TemplateResponse(request, "evaluation.html", {

@@ -85,13 +85,15 @@ def bench_gpu(n: int = 25_600, d: int = 8_192) -> str:
             f"{t_suite:.3f} s ({t_suite / t_bare:.2f}x of bare) | | RankMe rel. diff {rel:.1e} |")
 
 
+# Peak RSS from VmHWM: unlike ru_maxrss it is reset by exec, so the parent's memory does not leak into it.
 MEMORY_CHILD = """
-import resource, sys, numpy as np
+import re, sys, numpy as np
 from worker.suites.spectrum import run_spectrum
 z = np.load(sys.argv[1], mmap_mode="r")
 max_rows = int(sys.argv[2])
 r = run_spectrum(z, device="cpu", max_rows=max_rows, uniformity_max_rows=10_000)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, r.metrics["rankme"], r.variant["n_rows_used"])
+hwm_kb = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
+print(hwm_kb / 1024, r.metrics["rankme"], r.variant["n_rows_used"])
 """
 
 

@@ -1,25 +1,30 @@
+"""Shared fixtures. Server imports stay inside fixtures so the pure-suite tests also run on a machine that
+has only torch and numpy (the GPU box)."""
+
 from __future__ import annotations
 
 import pytest
-from fastapi.testclient import TestClient
-
-from backend.app import create_app
-from repscope.settings import Settings
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def settings(tmp_path):
+    from repscope.settings import Settings
+
     return Settings(data_dir=tmp_path / "data", max_upload_bytes=5_000_000, requeue_after_s=60, lease_s=30)
 
 
 @pytest.fixture
 def app(settings):
+    from backend.app import create_app
+
     return create_app(settings, run_sweeper=False)
 
 
 @pytest.fixture
 def api(app):
     """The real FastAPI app over its real SQLite database and filesystem broker (no worker consumes)."""
+    from fastapi.testclient import TestClient
+
     with TestClient(app) as client:
         yield client
 

@@ -17,4 +17,13 @@ def _spectrum(arrays: EmbeddingsArrays, params: dict[str, Any], device: str, pro
     return run_spectrum(arrays.embeddings, device=device, progress=progress, **params)
 
 
-SUITES: dict[str, SuiteRunner] = {"spectrum": _spectrum}
+def _probes(arrays: EmbeddingsArrays, params: dict[str, Any], device: str, progress: ProgressFn) -> SuiteResult:
+    from worker.suites.probes import run_probes
+
+    if arrays.labels is None:
+        raise ValueError("the probes suite needs labels; this artifact has none")
+    return run_probes(arrays.embeddings, arrays.labels, split=arrays.split, device=device, progress=progress,
+                      **params)
+
+
+SUITES: dict[str, SuiteRunner] = {"spectrum": _spectrum, "probes": _probes}

@@ -34,13 +34,14 @@ UPLOAD_FORM_SCHEMA = {
                 "kind": {"type": "string", "enum": list(ARTIFACT_KINDS), "default": "embeddings"},
                 "step": {"type": "integer", "minimum": 0, "default": 0},
                 "dataset": {"type": "string", "description": "dataset the embeddings were computed on"},
-                "suites": {"type": "string", "description": "comma list; default: spectrum"},
+                "suites": {"type": "string", "description": "comma list of spectrum, probes; default: every "
+                                                           "suite the file allows (probes needs labels)"},
             }}}},
     }
 }
 
 
-def _parse_fields(fields: dict[str, str]) -> tuple[str, int, str | None, list[str]]:
+def _parse_fields(fields: dict[str, str]) -> tuple[str, int, str | None, list[str] | None]:
     kind = fields.get("kind", "embeddings").strip() or "embeddings"
     if kind not in ARTIFACT_KINDS:
         raise UploadRejected(f"kind must be one of {', '.join(ARTIFACT_KINDS)}; got {kind!r}")

@@ -17,6 +17,7 @@ from backend.services import NotFound
 from backend.storage import ArtifactStore, Received
 from repscope.formats import FormatError, inspect_embeddings
 from repscope.schemas import ArtifactRead, EvaluationBrief, Status
+from repscope.suites import check_suites, default_suites
 
 ARTIFACT_KINDS = ("embeddings", "checkpoint")
 
@@ -37,12 +38,17 @@ class Registered:
 
 
 def register_embeddings(session: Session, store: ArtifactStore, run: Run, received: Received, *,
-                        filename: str | None, step: int, dataset: str | None, suites: list[str],
+                        filename: str | None, step: int, dataset: str | None, suites: list[str] | None,
                         max_elements: int) -> Registered:
-    """Validate and commit an embeddings upload. The temp file is always consumed (moved or removed)."""
+    """Validate and commit an embeddings upload. The temp file is always consumed (moved or removed).
+
+    `suites` None means every suite the content allows (probes only when the file has labels)."""
     try:
         info = inspect_embeddings(received.path, filename, max_elements=max_elements)
-    except FormatError as exc:
+        if suites is None:
+            suites = default_suites(info.has_labels)
+        check_suites(suites, info.has_labels)
+    except (FormatError, ValueError) as exc:
         received.path.unlink(missing_ok=True)
         raise UploadRejected(str(exc)) from exc
 

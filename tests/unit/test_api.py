@@ -230,3 +230,19 @@ def test_openapi_documents_upload_form(api):
     spec = api.get("/openapi.json").json()
     form = spec["paths"]["/api/v1/runs/{run_id}/artifacts"]["post"]["requestBody"]["content"]
     assert "file" in form["multipart/form-data"]["schema"]["properties"]
+
+
+def test_default_suites_follow_the_content(api, run_id):
+    labelled = upload(api, run_id, "l.npz", npz_bytes(embeddings=GOOD, labels=np.arange(30) % 3), step=1).json()
+    assert [e["suite"] for e in labelled["evaluations"]] == ["spectrum", "probes"]
+    unlabelled = upload(api, run_id, "u.npy", npy_bytes(GOOD), step=2).json()
+    assert [e["suite"] for e in unlabelled["evaluations"]] == ["spectrum"]
+    narrowed = upload(api, run_id, "l.npz", npz_bytes(embeddings=GOOD * 2, labels=np.arange(30) % 3), step=3,
+                      suites="probes").json()
+    assert [e["suite"] for e in narrowed["evaluations"]] == ["probes"]
+
+
+def test_probes_without_labels_is_refused(api, app, settings, run_id):
+    response = upload(api, run_id, "u.npy", npy_bytes(GOOD), suites="spectrum,probes")
+    assert response.status_code == 422 and "need labels" in response.json()["detail"]
+    assert count(app, Artifact) == 0 and stored_files(settings) == [] and tmp_files(settings) == []

@@ -531,3 +531,17 @@ def test_realistic_sentence_embeddings(minilm_embeddings):
     assert rel(m["collapse_std"], ref_collapse_std(z)) < 1e-9
     assert rel(m["rankme@d96"], ref_rankme(svals(z[:, :96]))) < 1e-6
     np.testing.assert_allclose(res.figures["singular_values"][:50], s[:50], rtol=1e-9)
+
+
+def test_cpu_blas_fast_path_equals_torch_path(monkeypatch):
+    """dsyrk + dsyevd (CPU fast path) and addmm + torch eigvalsh give the same spectrum."""
+    z = np.random.default_rng(11).standard_normal((500, 40)) + 0.3
+    fast = sp.gram_spectrum(z, device="cpu", chunk_rows=64)
+    fast_c = sp.gram_spectrum(z, device="cpu", chunk_rows=64, center=True)
+    monkeypatch.setattr(sp, "_dsyrk", None)
+    monkeypatch.setattr(sp, "_scipy_eigh", None)
+    plain = sp.gram_spectrum(z, device="cpu", chunk_rows=64)
+    plain_c = sp.gram_spectrum(z, device="cpu", chunk_rows=64, center=True)
+    np.testing.assert_allclose(fast, plain, rtol=1e-12)
+    np.testing.assert_allclose(fast_c, plain_c, rtol=1e-12)
+    np.testing.assert_allclose(fast, np.linalg.svd(z, compute_uv=False), rtol=1e-10)
