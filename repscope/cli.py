@@ -104,6 +104,130 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(obj) -> None:  # noqa: ANN001
+    import json
+
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
+    width = max([len(header[0])] + [len(r[0]) for r in rows])
+    lines = [f"{header[0]:<{width}}  {header[1]}", f"{'-' * width}  {'-' * len(header[1])}"]
+    lines += [f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run suites locally on a file: no server, no database (laptop use)."""
+    from repscope.formats import FormatError, load_embeddings
+    from worker.engine import pick_device
+    from worker.registry import SUITES
+
+    try:
+        arrays = load_embeddings(args.file)
+    except FormatError as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    suites = args.suites.split(",") if args.suites else ["spectrum"] + (["probes"] if arrays.labels is not None else [])
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        print(f"error: unknown suite(s) {', '.join(unknown)}; available: {', '.join(SUITES)}", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    out = {}
+    for suite in suites:
+        def progress(fraction: float, message: str, suite: str = suite) -> None:
+            if not args.json:
+                print(f"\r{suite}: {fraction:6.1%} {message[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+        try:
+            result = SUITES[suite](arrays, {}, device, progress)
+        except ValueError as exc:
+            print(f"\nerror: {suite}: {exc}", file=sys.stderr)
+            return 2
+        if not args.json:
+            print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
+        out[suite] = result.to_json()
+    if args.json:
+        _print_json(out if args.figures else {k: {kk: v[kk] for kk in ("metrics", "variant", "warnings")}
+                                              for k, v in out.items()})
+        return 0
+    n, d = arrays.embeddings.shape
+    print(f"{args.file}: {n} x {d} ({arrays.embeddings.dtype}), device {device}")
+    for suite, result in out.items():
+        keys = sorted(k for k in result["metrics"] if args.all or "@d" not in k)
+        print(f"\n[{suite}]")
+        print(_table([(k, f"{result['metrics'][k]:.6g}") for k in keys], ("metric", "value")))
+        for warning in result["warnings"]:
+            print(f"warning: {warning}")
+    return 0
+
+
+def _client(args: argparse.Namespace):  # noqa: ANN202
+    from repscope.client import Client
+
+    return Client(args.url)
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    """Upload an embeddings file to a run (created if needed), with a progress bar; optionally wait."""
+    from repscope.client import RepscopeError
+
+    client = _client(args)
+    try:
+        run = client.run(project=args.project, name=args.run)
+        show = None if args.json else _progress_bar(Path(args.file).stat().st_size)
+        accepted = client.upload_file(run.id, args.file, step=args.step, dataset=args.dataset,
+                                      suites=args.suites.split(",") if args.suites else None, progress=show)
+        if show:
+            print(file=sys.stderr)
+        ids = [e.id for e in accepted.evaluations]
+        finished = client.wait(ids, timeout=args.timeout, raise_on_failure=False) if args.wait else []
+    except RepscopeError as exc:
+        print(f"error: {exc.detail} (HTTP {exc.status_code})", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json({"run": run.info.model_dump(mode="json"), "upload": accepted.model_dump(mode="json"),
+                     "evaluations": [e.model_dump(mode="json") for e in finished]})
+        return 0
+    print(f"run {run.id} ({args.project}/{args.run}), artifact {accepted.artifact.id} at step {args.step}"
+          f"{' (already stored)' if accepted.deduplicated else ''}: evaluations {', '.join(map(str, ids))}")
+    for ev in finished:
+        print(f"  {ev.suite}: {ev.status}" + (f" — {ev.error.splitlines()[0]}" if ev.error else ""))
+        for key in sorted(k for k in ev.metrics if "@d" not in k):
+            print(f"    {key:<28} {ev.metrics[key]:.6g}")
+    return 0 if all(e.status == "succeeded" for e in finished) else 1
+
+
+def _progress_bar(total: int):  # noqa: ANN202
+    def show(sent: int) -> None:
+        frac = sent / total if total else 1.0
+        bar = "#" * int(frac * 30)
+        print(f"\ruploading [{bar:<30}] {frac:6.1%} {sent / 1e6:,.1f}/{total / 1e6:,.1f} MB", end="",
+              file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from repscope.client import RepscopeError
+
+    client = _client(args)
+    try:
+        page = client.runs(project=args.project, tag=args.tag, q=args.q, limit=args.limit, offset=args.offset)
+    except RepscopeError as exc:
+        print(f"error: {exc.detail} (HTTP {exc.status_code})", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(page)
+        return 0
+    print(f"{page['total']} run(s)")
+    for run in page["items"]:
+        tags = f" [{', '.join(run['tags'])}]" if run["tags"] else ""
+        print(f"{run['id']:>6}  {run['project']}/{run['name']}{tags}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="repscope", description="Measure how good a learned representation is, while it trains.",
@@ -128,6 +252,43 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--name", help="Celery node name, e.g. gpu0@%%h")
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(func=cmd_worker)
+
+    ev = sub.add_parser("eval", help="run suites locally on an embeddings file (no server) and print a table",
+                        description="Evaluate a .npy/.npz/.safetensors/.pt embeddings file on this machine. "
+                                    "Default suites: spectrum, plus probes when the file has labels.")
+    ev.add_argument("file", help="embeddings file")
+    ev.add_argument("--suites", help="comma list (spectrum, probes)")
+    ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ev.add_argument("--all", action="store_true", help="also print the nested-prefix (Matryoshka) metrics")
+    ev.add_argument("--json", action="store_true", help="print JSON (metrics, variant, warnings)")
+    ev.add_argument("--figures", action="store_true", help="with --json: include the figure data")
+    ev.set_defaults(func=cmd_eval)
+
+    up = sub.add_parser("upload", help="upload an embeddings file to a run, with a progress bar",
+                        description="Get-or-create PROJECT/RUN on the server and upload FILE at STEP.")
+    up.add_argument("file", help="embeddings file (.npy, .npz, .safetensors, .pt)")
+    up.add_argument("--project", required=True)
+    up.add_argument("--run", required=True, help="run name")
+    up.add_argument("--step", type=int, default=0, help="training step (default 0)")
+    up.add_argument("--dataset", help="dataset the embeddings were computed on")
+    up.add_argument("--suites", help="comma list; default: every suite the file allows")
+    up.add_argument("--wait", action="store_true", help="wait for the evaluations and print their metrics")
+    up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
+    up.add_argument("--json", action="store_true", help="print JSON")
+    up.add_argument("--url", default=os.environ.get("REPSCOPE_URL", "http://127.0.0.1:8000"),
+                    help="server URL (default $REPSCOPE_URL or http://127.0.0.1:8000)")
+    up.set_defaults(func=cmd_upload)
+
+    runs = sub.add_parser("runs", help="list runs on the server")
+    runs.add_argument("--project")
+    runs.add_argument("--tag")
+    runs.add_argument("-q", help="substring of the run name")
+    runs.add_argument("--limit", type=int, default=50)
+    runs.add_argument("--offset", type=int, default=0)
+    runs.add_argument("--json", action="store_true", help="print JSON")
+    runs.add_argument("--url", default=os.environ.get("REPSCOPE_URL", "http://127.0.0.1:8000"),
+                      help="server URL (default $REPSCOPE_URL or http://127.0.0.1:8000)")
+    runs.set_defaults(func=cmd_runs)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

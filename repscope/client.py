@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,22 @@ def _as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor, without importing torch
         x = x.detach().cpu().numpy()
     return np.asarray(x)
+
+
+class _ProgressReader:
+    """File wrapper that reports how many bytes httpx has read for the request body."""
+
+    def __init__(self, fh: Any, callback: Callable[[int], None]) -> None:
+        self._fh, self._callback, self._sent = fh, callback, 0
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._fh.read(size)
+        self._sent += len(chunk)
+        self._callback(self._sent)
+        return chunk
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
 
 
 class Client:
@@ -110,8 +126,16 @@ class Client:
                 time.sleep(poll)
         return [done[e] for e in evaluation_ids]
 
+    def runs(self, *, project: str | None = None, tag: str | None = None, q: str | None = None,
+             limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        params = {k: v for k, v in {"project": project, "tag": tag, "q": q, "limit": limit, "offset": offset}.items()
+                  if v is not None}
+        return _check(self.http.get("/runs", params=params)).json()
+
     def upload_file(self, run_id: int, path: str | os.PathLike, *, step: int = 0, kind: str = "embeddings",
-                    dataset: str | None = None, suites: Iterable[str] | None = None) -> UploadAccepted:
+                    dataset: str | None = None, suites: Iterable[str] | None = None,
+                    progress: Callable[[int], None] | None = None) -> UploadAccepted:
+        """Stream a file as multipart/form-data; `progress(bytes_sent)` is called as the body goes out."""
         path = Path(path)
         data = {"kind": kind, "step": str(step)}
         if dataset:
@@ -119,8 +143,9 @@ class Client:
         if suites is not None:
             data["suites"] = ",".join(suites)
         with path.open("rb") as fh:
+            body = _ProgressReader(fh, progress) if progress else fh
             response = self.http.post(f"/runs/{run_id}/artifacts", data=data,
-                                      files={"file": (path.name, fh, "application/octet-stream")})
+                                      files={"file": (path.name, body, "application/octet-stream")})
         return UploadAccepted.model_validate(_check(response).json())
 
     # worker side ------------------------------------------------------------------------------

@@ -147,3 +147,23 @@ def test_sweeper_resends_what_redis_lost(make_postgres_database, tmp_path):
     finally:
         for proc in reversed(dep.procs):
             proc.stop()
+
+
+def test_cli_upload_waits_and_reports(deployment, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    z = structured_embeddings(256, 16, seed=12)
+    np.save(tmp_path / "z.npy", z)
+    out = subprocess.run([sys.executable, "-m", "repscope.cli", "upload", str(tmp_path / "z.npy"), "--project",
+                          "cli", "--run", f"upload-{deployment.name}", "--step", "7", "--wait", "--json",
+                          "--url", deployment.url], capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    assert body["upload"]["artifact"]["step"] == 7
+    [evaluation] = body["evaluations"]
+    assert abs(evaluation["metrics"]["rankme"] - rankme_numpy(z)) / rankme_numpy(z) < REL_TOL
+    listed = subprocess.run([sys.executable, "-m", "repscope.cli", "runs", "--project", "cli", "--url",
+                             deployment.url], capture_output=True, text=True, timeout=60)
+    assert f"cli/upload-{deployment.name}" in listed.stdout
