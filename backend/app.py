@@ -12,12 +12,13 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from backend import migrate
-from backend.api import artifacts, evaluations, health, runs
+from backend.api import artifacts, datasets, evaluations, health, runs
 from backend.db import make_engine, make_sessionmaker
 from backend.pages import TEMPLATES
 from backend.pages import router as pages_router
 from backend.queue import TaskQueue
 from backend.services import Conflict, NotFound
+from backend.services.datasets import ensure_builtin_datasets
 from backend.storage import ArtifactStore
 from backend.sweeper import Sweeper
 from repscope import __version__
@@ -36,6 +37,8 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
         if auto_migrate:
             migrate.upgrade(settings.resolved_database_url)
         app.state.store.sweep_tmp()
+        with app.state.sessionmaker() as session:
+            ensure_builtin_datasets(session)
         sweeper = Sweeper(app.state.sessionmaker, app.state.queue, settings) if run_sweeper else None
         if sweeper:
             sweeper.start()
@@ -52,7 +55,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     app.state.store = ArtifactStore(settings.data_dir / "artifacts")
     app.state.queue = TaskQueue(settings)
 
-    for router in (health.router, runs.router, artifacts.router, evaluations.router):
+    for router in (health.router, runs.router, artifacts.router, evaluations.router, datasets.router):
         app.include_router(router, prefix="/api/v1")
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

@@ -55,6 +55,10 @@ class Dataset(Base):
     image_shape: Mapped[list[int] | None] = mapped_column(JSON, nullable=True)
     classes: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    format: Mapped[str | None] = mapped_column(String(20), nullable=True)  # npz | imagefolder | generated | folder
+    storage_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -72,8 +76,11 @@ class Artifact(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     dataset: Mapped[str | None] = mapped_column(String(200), nullable=True)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
+    # derived embeddings: sha256 of (checkpoint sha, dataset identity, preprocessing) — the embedding cache
+    cache_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     run: Mapped[Run] = relationship()
+    parent: Mapped[Artifact | None] = relationship(remote_side="Artifact.id")
     evaluations: Mapped[list[Evaluation]] = relationship(back_populates="artifact", order_by="Evaluation.id")
 
 

@@ -69,6 +69,25 @@ class ArtifactRead(_Read):
     created_at: datetime
 
 
+class DatasetRead(_Read):
+    id: int
+    name: str
+    kind: str
+    format: str | None
+    n: int | None
+    image_shape: list[int] | None
+    classes: list[str] | None
+    sha256: str | None
+    description: str | None
+    created_at: datetime
+
+
+class DatasetFolderCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100)
+    path: str = Field(min_length=1, max_length=4096)
+    description: str | None = Field(default=None, max_length=2000)
+
+
 class EvaluationBrief(_Read):
     id: int
     suite: str

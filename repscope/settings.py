@@ -34,9 +34,16 @@ class Settings(BaseSettings):
     lease_s: float = 300.0  # a `running` evaluation with no progress for this long is presumed lost
     max_attempts: int = 3
 
+    # Server-side dataset folders may only be registered under these roots (":"-separated paths).
+    dataset_roots: str = ""
+
     # Worker: where a worker that does not share data_dir keeps downloaded artifacts; device for suites.
     worker_cache_dir: Path | None = None
     device: str | None = None  # "cuda", "cpu" or None = cuda when available
+
+    @property
+    def dataset_root_paths(self) -> list[Path]:
+        return [Path(p) for p in self.dataset_roots.split(":") if p]
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
@@ -13,14 +16,17 @@ from backend.services.artifacts import (
     artifact_read,
     evaluation_briefs,
     get_artifact,
+    register_checkpoint,
     register_embeddings,
 )
+from backend.services.datasets import get_dataset
 from backend.services.evaluations import now
 from backend.storage import UploadTooLarge
 from repscope.schemas import ArtifactRead, UploadAccepted
 from repscope.suites import parse_suites
 
 router = APIRouter(tags=["artifacts"])
+DEFAULT_CHECKPOINT_DATASET = "digits"
 
 UPLOAD_FORM_SCHEMA = {
     "requestBody": {
@@ -30,10 +36,17 @@ UPLOAD_FORM_SCHEMA = {
             "properties": {
                 "file": {"type": "string", "format": "binary",
                          "description": "embeddings: .npy (N x D), .npz / .safetensors (embeddings, labels, "
-                                        "split, poison) or .pt (weights-only torch.save)"},
+                                        "split, poison) or .pt (weights-only torch.save); checkpoint: "
+                                        "TorchScript, torch.export .pt2, state_dict .pt/.pth or .safetensors"},
                 "kind": {"type": "string", "enum": list(ARTIFACT_KINDS), "default": "embeddings"},
                 "step": {"type": "integer", "minimum": 0, "default": 0},
-                "dataset": {"type": "string", "description": "dataset the embeddings were computed on"},
+                "dataset": {"type": "string", "description": "embeddings: the dataset they were computed on; "
+                                                             "checkpoint: the dataset to embed (default digits)"},
+                "arch": {"type": "string", "description": "checkpoint state_dicts: architecture name"},
+                "pool": {"type": "string", "enum": ["cls", "mean"], "description": "ViTs: CLS token or mean"},
+                "output": {"type": "string", "enum": ["backbone", "projector"]},
+                "views": {"type": "integer", "minimum": 0, "maximum": 16,
+                          "description": "augmented views per image (enables LiDAR)"},
                 "suites": {"type": "string", "description": "comma list of spectrum, probes; default: every "
                                                            "suite the file allows (probes needs labels)"},
             }}}},
@@ -41,31 +54,83 @@ UPLOAD_FORM_SCHEMA = {
 }
 
 
-def _parse_fields(fields: dict[str, str]) -> tuple[str, int, str | None, list[str] | None]:
-    kind = fields.get("kind", "embeddings").strip() or "embeddings"
-    if kind not in ARTIFACT_KINDS:
-        raise UploadRejected(f"kind must be one of {', '.join(ARTIFACT_KINDS)}; got {kind!r}")
-    if kind == "checkpoint":
-        raise UploadRejected("checkpoint uploads are not supported by this server yet; upload embeddings")
+POOLS = ("cls", "mean")
+OUTPUTS = ("backbone", "projector")
+MAX_VIEWS = 16
+
+
+@dataclass
+class UploadFields:
+    kind: str
+    step: int
+    dataset: str | None
+    suites: list[str] | None
+    checkpoint_params: dict
+    parent_id: int | None
+    cache_key: str | None
+
+
+def _int_field(fields: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = (fields.get(name) or "").strip()
     try:
-        step = int(fields.get("step", "0").strip() or 0)
+        value = int(raw) if raw else default
     except ValueError:
-        raise UploadRejected(f"step must be a non-negative integer; got {fields.get('step')!r}") from None
-    if step < 0:
-        raise UploadRejected(f"step must be a non-negative integer; got {step}")
+        raise UploadRejected(f"{name} must be an integer; got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise UploadRejected(f"{name} must be between {lo} and {hi}; got {value}")
+    return value
+
+
+def _choice(fields: dict[str, str], name: str, options: tuple[str, ...]) -> str:
+    value = (fields.get(name) or options[0]).strip()
+    if value not in options:
+        raise UploadRejected(f"{name} must be one of {', '.join(options)}; got {value!r}")
+    return value
+
+
+def _parse_fields(fields: dict[str, str]) -> UploadFields:
+    kind = _choice(fields, "kind", ARTIFACT_KINDS)
+    step = _int_field(fields, "step", 0, 0, 2**62)
     dataset = (fields.get("dataset") or "").strip() or None
     try:
         suites = parse_suites(fields.get("suites"))
     except ValueError as exc:
         raise UploadRejected(str(exc)) from None
-    return kind, step, dataset, suites
+    params = {}
+    if kind == "checkpoint":
+        arch = (fields.get("arch") or "").strip() or None
+        if arch is not None and not re.fullmatch(r"[A-Za-z0-9_.\-/]{1,100}", arch):
+            raise UploadRejected(f"arch {arch!r} is not a valid architecture name")
+        params = {"arch": arch, "pool": _choice(fields, "pool", POOLS), "output": _choice(fields, "output", OUTPUTS),
+                  "views": _int_field(fields, "views", 0, 0, MAX_VIEWS)}
+    parent = _int_field(fields, "parent", 0, 0, 2**62) or None
+    cache_key = (fields.get("cache_key") or "").strip() or None
+    if cache_key is not None and not re.fullmatch(r"[0-9a-f]{64}", cache_key):
+        raise UploadRejected("cache_key must be 64 hex digits")
+    return UploadFields(kind, step, dataset, suites, params, parent, cache_key)
+
+
+def _register(session, store, run, form, fields: UploadFields, settings):  # noqa: ANN001, ANN202
+    """Runs in a worker thread: validation and hashing-bound work stay off the event loop."""
+    if fields.kind == "checkpoint":
+        dataset = get_dataset(session, fields.dataset or DEFAULT_CHECKPOINT_DATASET)
+        return register_checkpoint(session, store, run, form.file, filename=form.filename, step=fields.step,
+                                   dataset=dataset, params=fields.checkpoint_params, suites=fields.suites)
+    parent = None
+    if fields.parent_id is not None:
+        parent = get_artifact(session, fields.parent_id)
+        if parent.run_id != run.id or parent.kind != "checkpoint":
+            raise UploadRejected(f"parent {fields.parent_id} is not a checkpoint of run {run.id}")
+    return register_embeddings(session, store, run, form.file, filename=form.filename, step=fields.step,
+                               dataset=fields.dataset, suites=fields.suites, max_elements=settings.max_elements,
+                               parent=parent, cache_key=fields.cache_key)
 
 
 @router.post("/runs/{run_id}/artifacts", status_code=202, response_model=UploadAccepted,
              openapi_extra=UPLOAD_FORM_SCHEMA)
 async def upload_artifact(run_id: int, request: Request, session: SessionDep, store: StoreDep,
                           queue: QueueDep, settings: SettingsDep) -> UploadAccepted:
-    """Stream an embeddings file into the store, validate it, and queue one evaluation per suite."""
+    """Stream an embeddings file or a checkpoint into the store, validate it, and queue its evaluations."""
     run = await run_in_threadpool(run_service.get_run, session, run_id)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
@@ -79,18 +144,15 @@ async def upload_artifact(run_id: int, request: Request, session: SessionDep, st
     if form.file is None:
         raise HTTPException(400, "missing the 'file' part of the multipart form")
     try:
-        _, step, dataset, suites = _parse_fields(form.fields)
-        registered = await run_in_threadpool(
-            register_embeddings, session, store, run, form.file, filename=form.filename, step=step,
-            dataset=dataset, suites=suites, max_elements=settings.max_elements)
+        fields = _parse_fields(form.fields)
+        registered = await run_in_threadpool(_register, session, store, run, form, fields, settings)
     except UploadRejected as exc:
-        form.file.path.unlink(missing_ok=True)
         raise HTTPException(exc.status_code, str(exc)) from None
-    except BaseException:
-        form.file.path.unlink(missing_ok=True)
-        raise
+    finally:
+        form.file.path.unlink(missing_ok=True)  # consumed already unless validation failed early
     if not registered.deduplicated:
-        await run_in_threadpool(_enqueue, session, queue, registered.evaluations)
+        queued = [e for e in registered.evaluations if e.status == "queued"]
+        await run_in_threadpool(_enqueue, session, queue, queued)
     return UploadAccepted(artifact=artifact_read(registered.artifact),
                           evaluations=evaluation_briefs(registered.evaluations),
                           deduplicated=registered.deduplicated)

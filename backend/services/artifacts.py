@@ -39,7 +39,8 @@ class Registered:
 
 def register_embeddings(session: Session, store: ArtifactStore, run: Run, received: Received, *,
                         filename: str | None, step: int, dataset: str | None, suites: list[str] | None,
-                        max_elements: int) -> Registered:
+                        max_elements: int, parent: Artifact | None = None,
+                        cache_key: str | None = None) -> Registered:
     """Validate and commit an embeddings upload. The temp file is always consumed (moved or removed).
 
     `suites` None means every suite the content allows (probes only when the file has labels)."""
@@ -63,7 +64,8 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
     try:
         artifact = Artifact(run_id=run.id, step=step, kind="embeddings", format=info.format,
                             sha256=received.sha256, bytes=received.size, storage_key=key,
-                            meta={**info.to_meta(), "filename": filename}, dataset=dataset)
+                            meta={**info.to_meta(), "filename": filename}, dataset=dataset, parent=parent,
+                            cache_key=cache_key)
         evaluations = [Evaluation(artifact=artifact, suite=suite, params={}, status=Status.queued.value)
                        for suite in suites]
         session.add(artifact)
@@ -99,3 +101,81 @@ def evaluation_briefs(evaluations: list[Evaluation]) -> list[EvaluationBrief]:
 def list_run_artifacts(session: Session, run_id: int) -> list[Artifact]:
     return list(session.scalars(select(Artifact).where(Artifact.run_id == run_id)
                                 .order_by(Artifact.step, Artifact.id)).all())
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+
+EMBED_SUITE = "embed"  # the worker step that turns a checkpoint into a derived embeddings artifact
+EMBED_VERSION = "v1"  # bump when the worker's preprocessing changes: old cached embeddings stop matching
+
+
+def embedding_cache_key(checkpoint_sha: str, dataset_identity: str, params: dict) -> str:
+    """sha256 of (checkpoint bytes, dataset identity, preprocessing): the same checkpoint on the same dataset
+    with the same preprocessing is embedded once."""
+    import hashlib
+    import json
+
+    preprocessing = {k: params.get(k) for k in ("arch", "pool", "output", "views", "image_size")}
+    blob = json.dumps({"checkpoint": checkpoint_sha, "dataset": dataset_identity, "preprocessing": preprocessing,
+                       "version": EMBED_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def register_checkpoint(session: Session, store: ArtifactStore, run: Run, received: Received, *,
+                        filename: str | None, step: int, dataset, params: dict,  # noqa: ANN001
+                        suites: list[str] | None) -> Registered:
+    """Validate a checkpoint, store it, and queue its embedding on `dataset` (or reuse cached embeddings)."""
+    from repscope.checkpoints import CheckpointError, inspect_checkpoint
+
+    try:
+        info = inspect_checkpoint(received.path, filename)
+        if info.needs_arch and not params.get("arch"):
+            raise UploadRejected(f"a {info.format} checkpoint holds weights only: name its architecture in the "
+                                 "'arch' field (e.g. resnet18_cifar, vit_small, or a timm model name)")
+        suites = suites if suites is not None else default_suites(bool(dataset.classes))
+    except CheckpointError as exc:
+        received.path.unlink(missing_ok=True)
+        raise UploadRejected(str(exc)) from exc
+    except BaseException:
+        received.path.unlink(missing_ok=True)
+        raise
+    params = {**params, "dataset": dataset.name, "suites": suites}
+    cache_key = embedding_cache_key(received.sha256, dataset.sha256 or dataset.name, params)
+    existing = session.scalar(select(Artifact).where(
+        Artifact.run_id == run.id, Artifact.step == step, Artifact.kind == "checkpoint",
+        Artifact.sha256 == received.sha256, Artifact.dataset == dataset.name))
+    if existing is not None and store.exists(existing.storage_key):
+        received.path.unlink(missing_ok=True)
+        return Registered(existing, list(existing.evaluations), deduplicated=True)
+
+    key, created = store.commit(received, {"export": "pt2", "safetensors": "safetensors"}.get(info.format, "pt"))
+    try:
+        artifact = Artifact(run_id=run.id, step=step, kind="checkpoint", format=info.format,
+                            sha256=received.sha256, bytes=received.size, storage_key=key, dataset=dataset.name,
+                            meta={**info.to_meta(), "filename": filename, "arch": params.get("arch")})
+        embed = Evaluation(artifact=artifact, suite=EMBED_SUITE, params={**params, "cache_key": cache_key},
+                           status=Status.queued.value)
+        session.add_all([artifact, embed])
+        evaluations = [embed]
+        cached = session.scalar(select(Artifact).where(Artifact.cache_key == cache_key).limit(1))
+        if cached is not None and store.exists(cached.storage_key):
+            derived = Artifact(run_id=run.id, step=step, kind="embeddings", format=cached.format,
+                               sha256=cached.sha256, bytes=cached.bytes, storage_key=cached.storage_key,
+                               meta=cached.meta, dataset=dataset.name, parent=artifact, cache_key=cache_key)
+            session.add(derived)
+            suite_evaluations = [Evaluation(artifact=derived, suite=s, params={}, status=Status.queued.value)
+                                 for s in suites]
+            session.add_all(suite_evaluations)
+            evaluations += suite_evaluations
+            embed.status = Status.succeeded.value
+            embed.progress = 1.0
+            embed.message = "embeddings reused from the cache"
+            embed.result = {"figures": {}, "variant": {"cached_from_artifact": cached.id}, "warnings": [],
+                            "undefined_metrics": []}
+        session.commit()
+    except BaseException:
+        session.rollback()
+        if created and not _key_referenced(session, key):
+            store.delete(key)
+        raise
+    return Registered(artifact, evaluations, deduplicated=False)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from backend.api.deps import SessionDep, SettingsDep, StoreDep
+from backend.multipart import MultipartError, receive_upload
+from backend.services import datasets as service
+from backend.storage import UploadTooLarge
+from repscope.datasets import DatasetError, DatasetLimits
+from repscope.schemas import DatasetFolderCreate, DatasetRead
+
+router = APIRouter(tags=["datasets"])
+
+DATASET_FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "name"],
+    "properties": {
+        "file": {"type": "string", "format": "binary",
+                 "description": ".npz with images (uint8 N x H x W x C), labels, optional split; or an "
+                                "ImageFolder .zip (<class>/<image>)"},
+        "name": {"type": "string", "description": "unique dataset name"},
+        "description": {"type": "string"},
+    }}}}}}
+
+
+@router.get("/datasets", response_model=list[DatasetRead])
+def list_datasets(session: SessionDep) -> list[DatasetRead]:
+    return [DatasetRead.model_validate(d) for d in service.list_datasets(session)]
+
+
+@router.get("/datasets/{name}", response_model=DatasetRead)
+def get_dataset(name: str, session: SessionDep) -> DatasetRead:
+    return DatasetRead.model_validate(service.get_dataset(session, name))
+
+
+@router.get("/datasets/{name}/file", response_class=FileResponse)
+def download_dataset(name: str, session: SessionDep, store: StoreDep) -> FileResponse:
+    dataset = service.get_dataset(session, name)
+    if dataset.storage_key is None:
+        raise HTTPException(404, f"dataset {name!r} is {dataset.kind}: it has no uploaded file")
+    return FileResponse(store.path(dataset.storage_key), media_type="application/octet-stream",
+                        filename=f"{name}.{'npz' if dataset.format == 'npz' else 'zip'}")
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetRead, openapi_extra=DATASET_FORM_SCHEMA)
+async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
+                         settings: SettingsDep) -> DatasetRead:
+    """Upload a dataset (.npz or ImageFolder .zip), validated before it is stored."""
+    try:
+        form = await receive_upload(request, store, settings.max_upload_bytes)
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except MultipartError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if form.file is None:
+        raise HTTPException(400, "missing the 'file' part of the multipart form")
+    try:
+        dataset = await run_in_threadpool(
+            service.register_upload, session, store, form.file, name=form.fields.get("name", "").strip(),
+            filename=form.filename, description=form.fields.get("description"), limits=DatasetLimits())
+    except DatasetError as exc:
+        raise HTTPException(422, str(exc)) from None
+    finally:
+        form.file.path.unlink(missing_ok=True)
+    return DatasetRead.model_validate(dataset)
+
+
+@router.post("/datasets/folder", status_code=201, response_model=DatasetRead)
+def register_folder(body: DatasetFolderCreate, session: SessionDep, settings: SettingsDep) -> DatasetRead:
+    """Register an ImageFolder on the server's disk (under REPSCOPE_DATASET_ROOTS)."""
+    try:
+        dataset = service.register_folder(session, name=body.name, path=body.path,
+                                          roots=settings.dataset_root_paths, description=body.description)
+    except DatasetError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return DatasetRead.model_validate(dataset)

@@ -1,0 +1,172 @@
+"""Datasets and checkpoint uploads over the real app: validation, refusal of unsafe files, the embed cache."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import stat
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.unit.test_api import count, npz_bytes, stored_files, tmp_files, upload
+
+
+def images_npz(n: int = 12, **extra) -> bytes:
+    rng = np.random.default_rng(0)
+    arrays = {"images": rng.integers(0, 255, (n, 8, 8, 3), dtype=np.uint8), "labels": np.arange(n) % 3}
+    arrays.update(extra)
+    return npz_bytes(**arrays)
+
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+
+
+def zip_bytes(members: dict[str, bytes], symlink: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def post_dataset(api, name: str, content: bytes, filename: str = "d.npz"):
+    return api.post("/api/v1/datasets", data={"name": name}, files={"file": (filename, content)})
+
+
+def test_builtin_datasets_are_listed(api):
+    names = {d["name"]: d for d in api.get("/api/v1/datasets").json()}
+    assert names["digits"]["kind"] == "builtin" and names["digits"]["n"] == 1797
+    assert names["shapes"]["kind"] == "builtin"
+
+
+def test_upload_npz_dataset(api, settings):
+    response = post_dataset(api, "tiny", images_npz(split=np.arange(12) % 2))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["n"], body["image_shape"], body["classes"], body["format"]) == (12, [8, 8, 3], ["0", "1", "2"], "npz")
+    assert api.get("/api/v1/datasets/tiny/file").content == images_npz(split=np.arange(12) % 2)
+    assert post_dataset(api, "tiny", images_npz()).status_code == 409
+    assert api.get("/api/v1/datasets/nope").status_code == 404
+
+
+def test_upload_image_folder_zip(api):
+    content = zip_bytes({"root/cat/a.png": PNG, "root/cat/b.png": PNG, "root/dog/c.png": PNG})
+    body = post_dataset(api, "pets", content, "pets.zip").json()
+    assert body["format"] == "imagefolder" and body["n"] == 3 and body["classes"] == ["cat", "dog"]
+
+
+BAD_DATASETS = {
+    "no labels": (npz_bytes(images=np.zeros((4, 8, 8, 3), np.uint8)), "labels"),
+    "float images": (npz_bytes(images=np.zeros((4, 8, 8, 3)), labels=np.arange(4)), "uint8"),
+    "bad split": (images_npz(split=np.full(12, 3)), "split"),
+    "path traversal": (zip_bytes({"../evil/a.png": PNG}), "climbs out"),
+    "absolute path": (zip_bytes({"/etc/a.png": PNG}), "absolute"),
+    "symlink": (zip_bytes({"cat/a.png": PNG}, symlink="cat/link.png"), "symbolic link"),
+    "zip bomb": (zip_bytes({"cat/a.png": PNG[:8] + b"\x00" * 5_000_000}), "zip bomb"),
+    "not an image": (zip_bytes({"cat/a.png": b"#!/bin/sh\necho hi\n"}), "not a PNG"),
+    "not a dataset": (b"hello world", "neither"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_DATASETS))
+def test_bad_datasets_are_refused_and_leave_nothing(api, app, settings, case):
+    from backend.models import Dataset
+
+    content, words = BAD_DATASETS[case]
+    response = post_dataset(api, "bad", content, "bad.zip")
+    assert response.status_code == 422, response.text
+    assert words in response.json()["detail"], response.json()["detail"]
+    assert count(app, Dataset) == 2  # the two built-ins only
+    assert stored_files(settings) == [] and tmp_files(settings) == []
+
+
+def _torchscript_bytes() -> bytes:
+    module = torch.jit.script(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 3, 4)))
+    buf = io.BytesIO()
+    torch.jit.save(module, buf)
+    return buf.getvalue()
+
+
+def _state_dict_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def test_checkpoint_upload_queues_embedding(api, run_id, settings):
+    post_dataset(api, "tiny", images_npz())
+    response = upload(api, run_id, "enc.pt", _torchscript_bytes(), kind="checkpoint", step=5, dataset="tiny",
+                      views=2)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["artifact"]["kind"] == "checkpoint" and body["artifact"]["format"] == "torchscript"
+    [embed] = body["evaluations"]
+    assert embed["suite"] == "embed" and embed["status"] == "queued"
+    params = api.get(f"/api/v1/evaluations/{embed['id']}").json()["params"]
+    assert params["dataset"] == "tiny" and params["views"] == 2 and params["suites"] == ["spectrum", "probes"]
+    assert len(params["cache_key"]) == 64
+
+
+def test_state_dict_needs_arch_and_weights_only(api, app, run_id, settings):
+    from backend.models import Artifact
+
+    weights = _state_dict_bytes({"module.backbone.fc.weight": torch.ones(2, 3)})
+    missing_arch = upload(api, run_id, "w.pth", weights, kind="checkpoint")
+    assert missing_arch.status_code == 422 and "arch" in missing_arch.json()["detail"]
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (Path("/tmp/repscope-ckpt-pwned"),))
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", pickle.dumps({"w": Evil()}))
+    evil = upload(api, run_id, "evil.pth", buf.getvalue(), kind="checkpoint", arch="resnet18_cifar")
+    assert evil.status_code == 422 and "forbidden global" in evil.json()["detail"]
+    assert not Path("/tmp/repscope-ckpt-pwned").exists()
+    garbage = upload(api, run_id, "x.pt", b"not a checkpoint at all", kind="checkpoint")
+    assert garbage.status_code == 422 and "unknown checkpoint format" in garbage.json()["detail"]
+    unknown_dataset = upload(api, run_id, "w.pth", weights, kind="checkpoint", arch="resnet18_cifar",
+                             dataset="nope")
+    assert unknown_dataset.status_code == 404
+    assert count(app, Artifact) == 0 and stored_files(settings) == [] and tmp_files(settings) == []
+    ok = upload(api, run_id, "w.pth", weights, kind="checkpoint", arch="resnet18_cifar")
+    assert ok.status_code == 202 and ok.json()["artifact"]["meta"]["n_params"] == 6
+
+
+def test_same_checkpoint_on_same_dataset_is_embedded_once(api, run_id):
+    ckpt = _torchscript_bytes()
+    first = upload(api, run_id, "enc.pt", ckpt, kind="checkpoint", step=1).json()
+    embed_id = first["evaluations"][0]["id"]
+    claim = api.post(f"/api/v1/evaluations/{embed_id}/claim", json={"worker": "w"}).json()
+    cache_key = claim["evaluation"]["params"]["cache_key"]
+    z = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    derived = upload(api, run_id, "z.npz", npz_bytes(embeddings=z, labels=np.arange(40) % 4), step=1,
+                     dataset="digits", parent=first["artifact"]["id"], cache_key=cache_key).json()
+    assert [e["suite"] for e in derived["evaluations"]] == ["spectrum", "probes"]
+    api.post(f"/api/v1/evaluations/{embed_id}/result", json={"metrics": {}})
+    other = api.post("/api/v1/runs", json={"project": "simclr", "name": "copy"}).json()["id"]
+    second = upload(api, other, "enc.pt", ckpt, kind="checkpoint", step=1).json()
+    suites = {e["suite"]: e["status"] for e in second["evaluations"]}
+    assert suites == {"embed": "succeeded", "spectrum": "queued", "probes": "queued"}
+    artifacts = api.get(f"/api/v1/runs/{other}/artifacts").json()
+    assert [a["kind"] for a in artifacts] == ["checkpoint", "embeddings"]
+    assert artifacts[1]["sha256"] == derived["artifact"]["sha256"]
+    # a different dataset is a different cache entry
+    third = upload(api, other, "enc.pt", ckpt, kind="checkpoint", step=2, dataset="shapes").json()
+    assert [e["status"] for e in third["evaluations"]] == ["queued"]
+
+
+def test_parent_must_be_a_checkpoint_of_the_run(api, run_id):
+    z = npz_bytes(embeddings=np.ones((5, 2), np.float32) * np.arange(2))
+    first = upload(api, run_id, "a.npz", z, step=1).json()
+    bad = upload(api, run_id, "b.npz", z, step=2, parent=first["artifact"]["id"])
+    assert bad.status_code == 422 and "not a checkpoint" in bad.json()["detail"]
