@@ -119,22 +119,19 @@ def bench_memory(n: int = 2_000_000, d: int = 768) -> str:
     return "\n".join(rows)
 
 
+CASES = {"cpu": ("Spectrum suite, CPU speed", bench_cpu), "gpu": ("Spectrum suite, GPU speed", bench_gpu),
+         "memory": ("Spectrum suite, memory at scale", bench_memory)}
+
+
 def main(argv: list[str]) -> None:
-    which = set(argv) or {"cpu", "memory"} | ({"gpu"} if torch.cuda.is_available() else set())
-    lines = []
-    if "cpu" in which:
-        lines.append(bench_cpu())
-    if "gpu" in which:
-        lines.append(bench_gpu())
-    if "memory" in which:
-        lines.append(bench_memory())
-    for line in lines:
-        print(line)
-    header = ("| case | baseline | repscope | speed-up | notes |\n|---|---|---|---|---|")
-    section = "gpu" if which == {"gpu"} else "spectrum"
-    write_section(f"spectrum-{section}" if section == "gpu" else "spectrum",
-                  f"## Spectrum suite{' (GPU)' if section == 'gpu' else ''}\n\nMachine: {machine()}. "
-                  f"Best of several runs, one process, {time.strftime('%Y-%m-%d')}.\n\n{header}\n" + "\n".join(lines))
+    which = [c for c in CASES if c in argv] or ["cpu", "memory"] + (["gpu"] if torch.cuda.is_available() else [])
+    header = "| case | baseline | repscope | speed-up | notes |\n|---|---|---|---|---|"
+    for case in which:
+        title, bench = CASES[case]
+        rows = bench()
+        print(rows, flush=True)
+        write_section(f"spectrum-{case}", f"## {title}\n\nMachine: {machine()}. Best of several runs, one process, "
+                                          f"{time.strftime('%Y-%m-%d')}.\n\n{header}\n{rows}")
 
 
 if __name__ == "__main__":

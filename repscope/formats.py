@@ -30,7 +30,7 @@ class FormatError(ValueError):
 
 
 FORMATS = ("npy", "npz", "safetensors", "pt")
-KNOWN_KEYS = ("embeddings", "labels", "split", "poison")
+KNOWN_KEYS = ("embeddings", "labels", "split", "poison", "views")
 MAX_ZIP_MEMBERS = 16
 MAX_PT_MEMBERS = 64
 MAX_SAFETENSORS_HEADER = 100_000_000
@@ -54,6 +54,7 @@ class EmbeddingsInfo:
     has_poison: bool
     n_classes: int | None
     extra_keys: tuple[str, ...] = ()
+    n_views: int = 0  # q augmented views per row in a 'views' array (N x q x D), for LiDAR
 
     def to_meta(self) -> dict:
         meta = asdict(self)
@@ -67,6 +68,7 @@ class EmbeddingsArrays:
     labels: np.ndarray | None
     split: np.ndarray | None
     poison: np.ndarray | None
+    views: np.ndarray | None = None  # N x q x D embeddings of q augmented views per row
 
 
 @dataclass
@@ -468,6 +470,14 @@ def _check_shapes(members: dict[str, _Member], max_elements: int | None) -> None
         raise FormatError(
             f"embeddings have {n} x {d} = {n * d} elements, more than the limit of {max_elements}"
         )
+    views = members.get("views")
+    if views is not None:
+        if len(views.shape) != 3 or views.shape[0] != n or views.shape[2] != d or views.shape[1] < 2:
+            raise FormatError(f"views must be N x q x D = {n} x q x {d} with q >= 2; got shape {views.shape}")
+        if views.dtype.kind != "f" and not views.bf16:
+            raise FormatError(f"views dtype {views.dtype_name} is not floating point")
+        if max_elements is not None and math.prod(views.shape) > max_elements:
+            raise FormatError(f"views have {math.prod(views.shape)} elements, more than the limit of {max_elements}")
     for key, kinds in (("labels", "iu"), ("split", "iub"), ("poison", "iub")):
         m = members.get(key)
         if m is None:
@@ -501,13 +511,13 @@ def _small_arrays(members: dict[str, _Member]) -> dict[str, np.ndarray | None]:
     return out
 
 
-def _check_finite(chunks: Iterator[np.ndarray], bf16: bool) -> None:
+def _check_finite(chunks: Iterator[np.ndarray], bf16: bool, what: str = "embeddings") -> None:
     bad = 0
     for chunk in chunks:
         chunk = _bf16_to_f32(chunk) if bf16 else np.asarray(chunk)
         bad += chunk.size - int(np.count_nonzero(np.isfinite(chunk)))
     if bad:
-        raise FormatError(f"embeddings contain {bad} non-finite values (NaN or Inf)")
+        raise FormatError(f"{what} contain {bad} non-finite values (NaN or Inf)")
 
 
 def _chunk_rows(chunk_rows: int, d: int) -> int:
@@ -536,10 +546,14 @@ def inspect_embeddings(
         emb, labels = members["embeddings"], small["labels"]
         n, d = emb.shape
         _check_finite(emb.row_chunks(_chunk_rows(chunk_rows, d)), emb.bf16)
+        views = members.get("views")
+        if views is not None:
+            _check_finite(views.row_chunks(_chunk_rows(chunk_rows, d * views.shape[1])), views.bf16, "views")
         return EmbeddingsInfo(
             format=fmt, n=n, d=d, dtype=emb.dtype_name, has_labels=labels is not None,
             has_split=small["split"] is not None, has_poison=small["poison"] is not None,
             n_classes=None if labels is None else int(np.unique(labels).size), extra_keys=extra,
+            n_views=0 if views is None else int(views.shape[1]),
         )  # fmt: skip
 
 
@@ -554,4 +568,10 @@ def load_embeddings(path, filename: str | None = None, *, check_finite: bool = T
         if check_finite:
             rows = _chunk_rows(65536, arr.shape[1])
             _check_finite((arr[i : i + rows] for i in range(0, len(arr), rows)), False)
-        return EmbeddingsArrays(arr, small["labels"], small["split"], small["poison"])
+        views = members.get("views")
+        varr = None
+        if views is not None:
+            varr = _bf16_to_f32(views.load()) if views.bf16 else np.ascontiguousarray(views.load())
+            if check_finite:
+                _check_finite(iter([varr]), False, "views")
+        return EmbeddingsArrays(arr, small["labels"], small["split"], small["poison"], varr)

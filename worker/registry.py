@@ -12,9 +12,16 @@ SuiteRunner = Callable[[EmbeddingsArrays, dict[str, Any], str, ProgressFn], Suit
 
 
 def _spectrum(arrays: EmbeddingsArrays, params: dict[str, Any], device: str, progress: ProgressFn) -> SuiteResult:
-    from worker.suites.spectrum import run_spectrum
+    """Spectrum metrics; LiDAR too when the file carries q augmented views per row (checkpoint path)."""
+    from worker.suites.spectrum import LIDAR_DELTA, LIDAR_EPS, lidar, run_spectrum
 
-    return run_spectrum(arrays.embeddings, device=device, progress=progress, **params)
+    result = run_spectrum(arrays.embeddings, device=device, progress=progress, **params)
+    if arrays.views is not None:
+        result.metrics["lidar"] = lidar(arrays.views, device=device)
+        n, q, _ = arrays.views.shape
+        result.variant["lidar"] = (f"Thilak et al. 2023 on {n} samples x {q} augmented views, "
+                                   f"delta {LIDAR_DELTA:g}, eps {LIDAR_EPS:g}")
+    return result
 
 
 def _probes(arrays: EmbeddingsArrays, params: dict[str, Any], device: str, progress: ProgressFn) -> SuiteResult:

@@ -455,3 +455,23 @@ def test_load_embeddings_checks_values_too(tmp_path):
     np.savez(tmp_path / "s.npz", embeddings=_emb(n=30), split=np.full(30, 3, np.int8))
     with pytest.raises(FormatError, match="found value 3"):
         load_embeddings(tmp_path / "s.npz")
+
+
+def test_views_array_round_trips_and_is_validated(tmp_path):
+    """An N x q x D 'views' array (q augmented views per row, for LiDAR) travels with the embeddings."""
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((20, 6)).astype(np.float32)
+    views = rng.standard_normal((20, 3, 6)).astype(np.float32)
+    path = tmp_path / "v.npz"
+    np.savez(path, embeddings=z, views=views)
+    info = inspect_embeddings(path)
+    assert info.n_views == 3 and "views" not in info.extra_keys
+    np.testing.assert_array_equal(load_embeddings(path).views, views)
+    np.savez(path, embeddings=z, views=views[:, :1])
+    with pytest.raises(FormatError, match="views must be N x q x D"):
+        inspect_embeddings(path)
+    bad = views.copy()
+    bad[2, 1, 0] = np.nan
+    np.savez(path, embeddings=z, views=bad)
+    with pytest.raises(FormatError, match="views contain 1 non-finite"):
+        inspect_embeddings(path)
