@@ -7,8 +7,11 @@ Formats (torch 2.x zip serialization unless noted):
                read with repscope.formats' whitelist unpickler (tensors, dicts, lists, numbers, strings only), so
                a pickle that names any other global is refused here, before a worker ever sees it
 - safetensors  header-validated as in repscope.formats
-TorchScript and exported programs are loaded by the worker with torch.jit.load / torch.export.load, which
-resolve only TorchScript/ATen types, never arbitrary Python globals.
+TorchScript and torch.export archives carry code (TorchScript source; a graph, guard code and pickled sample
+inputs), and torch's own loaders will run some of it: `torch.export.load` unpickles with weights_only=False and
+exec()s guard code, and TorchScript can call torch.save. The API checks only their layout here; the worker
+vets every such archive before torch opens it (worker.models.loading: vet_torchscript_archive,
+vet_export_archive) and refuses file, process and network operations. Run workers without credentials.
 """
 
 from __future__ import annotations
@@ -31,6 +34,30 @@ from repscope.formats import (
 CHECKPOINT_FORMATS = ("torchscript", "export", "state_dict", "safetensors")
 NEEDS_ARCH = frozenset({"state_dict", "safetensors"})
 MAX_CHECKPOINT_MEMBERS = 100_000
+
+
+# Inert metadata some trainers pickle next to the weights (DINO's args, Lightning's hyper-parameters).
+METADATA_GLOBALS = {
+    ("argparse", "Namespace"),
+    ("pytorch_lightning.utilities.parsing", "AttributeDict"),
+    ("lightning.fabric.utilities.data", "AttributeDict"),
+    ("lightning_fabric.utilities.data", "AttributeDict"),
+}
+
+
+class _Inert(dict):
+    """Stands in for a metadata class: holds the pickled attributes, runs nothing."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.update(state)
+
+
+class _CheckpointUnpickler(_WeightsOnlyUnpickler):
+    def find_class(self, module: str, name: str):  # noqa: ANN201
+        if (module, name) in METADATA_GLOBALS:
+            return _Inert
+        return super().find_class(module, name)
 
 
 class CheckpointError(FormatError):
@@ -101,7 +128,7 @@ def _state_dict_info(path, zf: zipfile.ZipFile, prefix: str) -> CheckpointInfo:
         raise CheckpointError(f"data.pkl is {info.file_size} bytes: too large for a state_dict")
     try:
         with zf.open(info) as f:
-            obj = _WeightsOnlyUnpickler(f, path, zf, prefix).load()
+            obj = _CheckpointUnpickler(f, path, zf, prefix).load()
     except FormatError as exc:
         raise CheckpointError(str(exc).replace(".pt file", "checkpoint")) from None
     except Exception as exc:  # noqa: BLE001 - hostile bytes
@@ -117,6 +144,8 @@ def _walk(obj: Any, prefix: str = ""):
     """(dotted key, tensor) for every tensor in nested dicts (Lightning/DINO/MoCo save them nested)."""
     if isinstance(obj, _Tensor):
         yield prefix.rstrip("."), obj
+    elif isinstance(obj, _Inert):
+        return
     elif isinstance(obj, dict):
         for key, value in obj.items():
             yield from _walk(value, f"{prefix}{key}.")

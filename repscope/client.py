@@ -134,10 +134,12 @@ class Client:
 
     def upload_file(self, run_id: int, path: str | os.PathLike, *, step: int = 0, kind: str = "embeddings",
                     dataset: str | None = None, suites: Iterable[str] | None = None,
-                    progress: Callable[[int], None] | None = None) -> UploadAccepted:
-        """Stream a file as multipart/form-data; `progress(bytes_sent)` is called as the body goes out."""
+                    progress: Callable[[int], None] | None = None,
+                    extra: dict[str, str] | None = None) -> UploadAccepted:
+        """Stream a file as multipart/form-data; `progress(bytes_sent)` is called as the body goes out.
+        `extra`: more form fields (checkpoints: arch, pool, output, views; workers: parent, cache_key)."""
         path = Path(path)
-        data = {"kind": kind, "step": str(step)}
+        data = {"kind": kind, "step": str(step), **(extra or {})}
         if dataset:
             data["dataset"] = dataset
         if suites is not None:
@@ -147,6 +149,12 @@ class Client:
             response = self.http.post(f"/runs/{run_id}/artifacts", data=data,
                                       files={"file": (path.name, body, "application/octet-stream")})
         return UploadAccepted.model_validate(_check(response).json())
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        return _check(self.http.get(f"/datasets/{name}")).json()
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return _check(self.http.get("/datasets")).json()
 
     # worker side ------------------------------------------------------------------------------
     def claim(self, evaluation_id: int, worker: str) -> ClaimResponse | None:

@@ -79,6 +79,7 @@ class DatasetRead(_Read):
     classes: list[str] | None
     sha256: str | None
     description: str | None
+    meta: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
 
 

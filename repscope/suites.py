@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # Suites a worker can run today. Later issues add equivariance and backdoor.
 AVAILABLE_SUITES: tuple[str, ...] = ("spectrum", "probes")
+# The worker step that turns a checkpoint into a derived embeddings artifact (not a suite users pick).
+EMBED_STEP = "embed"
 # Suites that need labels in the uploaded file.
 NEEDS_LABELS: frozenset[str] = frozenset({"probes"})
 

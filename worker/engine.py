@@ -14,6 +14,8 @@ from repscope.client import Client
 from repscope.formats import load_embeddings
 from repscope.schemas import ClaimResponse, EvaluationResultIn
 from repscope.settings import Settings
+from repscope.suites import EMBED_STEP
+from worker.derive import run_embed
 from worker.registry import SUITES
 from worker.suites.base import ProgressFn
 
@@ -61,15 +63,19 @@ def run_evaluation(evaluation_id: int, client: Client, worker_name: str, setting
     suite = claim.evaluation.suite
     try:
         runner = SUITES.get(suite)
-        if runner is None:
+        if runner is None and suite != EMBED_STEP:
             raise ValueError(f"this worker cannot run suite {suite!r}; it has {sorted(SUITES)}")
         device = pick_device(settings.device)
         client.report(evaluation_id, progress=0.0, message=f"loading {claim.artifact.format} artifact")
         path = artifact_path(claim, client, settings)
-        # validated in full at upload; skip the second finite-value scan here
-        arrays = load_embeddings(path, f"artifact.{claim.artifact.format}", check_finite=False)
         started = time.perf_counter()
-        result = runner(arrays, dict(claim.evaluation.params), device, throttled_progress(client, evaluation_id))
+        progress = throttled_progress(client, evaluation_id)
+        if suite == EMBED_STEP:
+            result = run_embed(claim, path, client, settings, device, progress)
+        else:
+            # validated in full at upload; skip the second finite-value scan here
+            arrays = load_embeddings(path, f"artifact.{claim.artifact.format}", check_finite=False)
+            result = runner(arrays, dict(claim.evaluation.params), device, progress)
         result.variant.setdefault("device", device)
         result.variant["worker"] = worker_name
         result.variant["seconds"] = round(time.perf_counter() - started, 4)

@@ -170,3 +170,14 @@ def test_parent_must_be_a_checkpoint_of_the_run(api, run_id):
     first = upload(api, run_id, "a.npz", z, step=1).json()
     bad = upload(api, run_id, "b.npz", z, step=2, parent=first["artifact"]["id"])
     assert bad.status_code == 422 and "not a checkpoint" in bad.json()["detail"]
+
+
+def test_dino_style_checkpoint_with_args_is_accepted(api, run_id):
+    """DINO pickles argparse.Namespace next to the weights: inert metadata, accepted; other globals are not."""
+    import argparse
+
+    ckpt = _state_dict_bytes({"teacher": {"backbone.fc.weight": torch.ones(2, 3)},
+                              "args": argparse.Namespace(arch="vit_small", lr=5e-4), "epoch": 100})
+    response = upload(api, run_id, "dino.pth", ckpt, kind="checkpoint", arch="vit_small")
+    assert response.status_code == 202, response.text
+    assert response.json()["artifact"]["meta"]["sample_keys"] == ["teacher.backbone.fc.weight"]
