@@ -64,7 +64,8 @@ class Dataset(Base):
 
 class Artifact(Base):
     __tablename__ = "artifacts"
-    __table_args__ = (Index("ix_artifact_run_step", "run_id", "step"),)
+    __table_args__ = (Index("ix_artifact_run_step", "run_id", "step"),
+                      UniqueConstraint("run_id", "idempotency_key", name="uq_artifact_idempotency"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -78,6 +79,8 @@ class Artifact(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
     # derived embeddings: sha256 of (checkpoint sha, dataset identity, preprocessing) — the embedding cache
     cache_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # client-chosen key: a retried request with the same key returns this artifact instead of a new one
+    idempotency_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     run: Mapped[Run] = relationship()
     parent: Mapped[Artifact | None] = relationship(remote_side="Artifact.id")
@@ -108,13 +111,16 @@ class Evaluation(Base):
 
 
 class Metric(Base):
+    """A value at a training step: computed by an evaluation, or logged by the training job (evaluation NULL)."""
+
     __tablename__ = "metrics"
     __table_args__ = (
         UniqueConstraint("evaluation_id", "key", name="uq_metric_evaluation_key"),
         Index("ix_metric_run_key_step", "run_id", "key", "step"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"),
+                                                      nullable=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(BigInteger)
     key: Mapped[str] = mapped_column(String(200))

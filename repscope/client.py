@@ -1,14 +1,19 @@
 """Python client for the repscope REST API: training jobs log embeddings, workers report results.
 
-Needs only numpy and httpx. Uploads are streamed from a temporary .npz file, so the request body is never
-held in memory twice.
+Needs only numpy and httpx (torch only to save an nn.Module). Arrays are streamed from memory as the request
+body goes out; uploads carry an Idempotency-Key and are retried with backoff, so a flaky network never stores
+or evaluates anything twice.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -27,8 +32,12 @@ from repscope.schemas import (
     Status,
     UploadAccepted,
 )
+from repscope.streams import array_body
+from repscope.suites import EMBED_STEP
 
+log = logging.getLogger("repscope")
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=300.0, write=300.0)
+RETRY_STATUS = {429, 502, 503, 504}
 
 
 class RepscopeError(RuntimeError):
@@ -78,8 +87,10 @@ class _ProgressReader:
 
 class Client:
     def __init__(self, url: str | None = None, *, token: str | None = None,
-                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT) -> None:
+                 timeout: httpx.Timeout | float = DEFAULT_TIMEOUT, retries: int = 5, backoff: float = 0.5) -> None:
         self.url = (url or os.environ.get("REPSCOPE_URL") or "http://127.0.0.1:8000").rstrip("/")
+        self.retries, self.backoff = retries, backoff
+        token = token or os.environ.get("REPSCOPE_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=timeout)
 
@@ -96,14 +107,16 @@ class Client:
     def health(self) -> dict[str, Any]:
         return _check(self.http.get("/health")).json()
 
-    def run(self, project: str, name: str, config: dict[str, Any] | None = None,
-            tags: Iterable[str] = ()) -> Run:
-        """Get or create the run (project, name)."""
+    def run(self, project: str, name: str, config: dict[str, Any] | None = None, tags: Iterable[str] = (), *,
+            background: bool = True, max_pending: int = 8) -> Run:
+        """Get or create the run (project, name). get-or-create is idempotent, so it is retried."""
         body = {"project": project, "name": name, "config": config or {}, "tags": list(tags)}
-        return Run(self, RunRead.model_validate(_check(self.http.post("/runs", json=body)).json()))
+        info = RunRead.model_validate(_check(self._send(lambda: self.http.post("/runs", json=body))).json())
+        return Run(self, info, background=background, max_pending=max_pending)
 
     def evaluation(self, evaluation_id: int) -> EvaluationRead:
-        return EvaluationRead.model_validate(_check(self.http.get(f"/evaluations/{evaluation_id}")).json())
+        response = self._send(lambda: self.http.get(f"/evaluations/{evaluation_id}"))
+        return EvaluationRead.model_validate(_check(response).json())
 
     def wait(self, evaluation_ids: Iterable[int], *, timeout: float = 600.0, poll: float = 0.5,
              raise_on_failure: bool = True) -> list[EvaluationRead]:
@@ -132,22 +145,63 @@ class Client:
                   if v is not None}
         return _check(self.http.get("/runs", params=params)).json()
 
-    def upload_file(self, run_id: int, path: str | os.PathLike, *, step: int = 0, kind: str = "embeddings",
-                    dataset: str | None = None, suites: Iterable[str] | None = None,
-                    progress: Callable[[int], None] | None = None,
-                    extra: dict[str, str] | None = None) -> UploadAccepted:
-        """Stream a file as multipart/form-data; `progress(bytes_sent)` is called as the body goes out.
-        `extra`: more form fields (checkpoints: arch, pool, output, views; workers: parent, cache_key)."""
-        path = Path(path)
+    def _send(self, request: Callable[[], httpx.Response]) -> httpx.Response:
+        """Send with retries: connection errors and 429/502/503/504 are retried with exponential backoff.
+        Only idempotent requests come here (GETs, and uploads carrying an Idempotency-Key)."""
+        for attempt in range(self.retries + 1):
+            try:
+                response = request()
+            except httpx.TransportError as exc:
+                if attempt == self.retries:
+                    raise RepscopeError(0, f"cannot reach {self.url}: {exc}") from exc
+            else:
+                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+                    return response
+            time.sleep(min(self.backoff * 2**attempt, 30.0))
+        raise AssertionError("unreachable")
+
+    def _form(self, kind: str, step: int, dataset: str | None, suites: Iterable[str] | None,
+              extra: dict[str, str] | None) -> dict[str, str]:
         data = {"kind": kind, "step": str(step), **(extra or {})}
         if dataset:
             data["dataset"] = dataset
         if suites is not None:
             data["suites"] = ",".join(suites)
-        with path.open("rb") as fh:
-            body = _ProgressReader(fh, progress) if progress else fh
-            response = self.http.post(f"/runs/{run_id}/artifacts", data=data,
+        return data
+
+    def upload_file(self, run_id: int, path: str | os.PathLike, *, step: int = 0, kind: str = "embeddings",
+                    dataset: str | None = None, suites: Iterable[str] | None = None,
+                    progress: Callable[[int], None] | None = None, extra: dict[str, str] | None = None,
+                    idempotency_key: str | None = None) -> UploadAccepted:
+        """Stream a file as multipart/form-data; `progress(bytes_sent)` is called as the body goes out.
+        `extra`: more form fields (checkpoints: arch, pool, output, views; workers: parent, cache_key).
+        With an `idempotency_key` a failed attempt is retried and never stored or evaluated twice."""
+        path = Path(path)
+        data = self._form(kind, step, dataset, suites, extra)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+
+        def attempt() -> httpx.Response:
+            with path.open("rb") as fh:
+                body = _ProgressReader(fh, progress) if progress else fh
+                return self.http.post(f"/runs/{run_id}/artifacts", data=data, headers=headers,
                                       files={"file": (path.name, body, "application/octet-stream")})
+
+        response = self._send(attempt) if idempotency_key else attempt()
+        return UploadAccepted.model_validate(_check(response).json())
+
+    def upload_arrays(self, run_id: int, arrays: dict[str, np.ndarray], *, step: int = 0,
+                      dataset: str | None = None, suites: Iterable[str] | None = None,
+                      idempotency_key: str | None = None) -> UploadAccepted:
+        """Upload arrays streamed straight from memory as .npy / .npz (see repscope.streams)."""
+        data = self._form("embeddings", step, dataset, suites, None)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+
+        def attempt() -> httpx.Response:
+            name, reader = array_body(arrays)
+            return self.http.post(f"/runs/{run_id}/artifacts", data=data, headers=headers,
+                                  files={"file": (name, reader, "application/octet-stream")})
+
+        response = self._send(attempt) if idempotency_key else attempt()
         return UploadAccepted.model_validate(_check(response).json())
 
     def dataset(self, name: str) -> dict[str, Any]:
@@ -187,44 +241,196 @@ class Client:
         return dest
 
 
-class Run:
-    """A training run: log embeddings at training steps, wait for their evaluations, read metrics."""
+class Upload:
+    """Handle of one logged artifact. With a background uploader it resolves when the upload is done;
+    iterating it (or `ids()`) blocks until then and yields the queued evaluation ids."""
 
-    def __init__(self, client: Client, info: RunRead) -> None:
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self._accepted: UploadAccepted | None = None
+        self._error: BaseException | None = None
+
+    def _resolve(self, accepted: UploadAccepted | None = None, error: BaseException | None = None) -> None:
+        self._accepted, self._error = accepted, error
+        self._done.set()
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def result(self, timeout: float | None = None) -> UploadAccepted:
+        if not self._done.wait(timeout):
+            raise TimeoutError("upload still in progress")
+        if self._error is not None:
+            raise self._error
+        assert self._accepted is not None
+        return self._accepted
+
+    def ids(self, timeout: float | None = None) -> list[int]:
+        return [e.id for e in self.result(timeout).evaluations]
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(self.ids())
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def __getitem__(self, i: int) -> int:
+        return self.ids()[i]
+
+    def __repr__(self) -> str:
+        state = "pending" if not self.done() else ("failed" if self._error else f"ids={self.ids()}")
+        return f"Upload({state})"
+
+
+class _Uploader:
+    """One daemon thread draining a bounded queue of upload jobs, so a training loop rarely waits on the
+    network: it blocks only when `max_pending` uploads are already waiting (back-pressure, bounded memory)."""
+
+    def __init__(self, max_pending: int) -> None:
+        self._queue: queue.Queue[tuple[Callable[[], Any], Upload] | None] = queue.Queue(max_pending)
+        self._thread = threading.Thread(target=self._loop, name="repscope-uploader", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], Any]) -> Upload:
+        handle = Upload()
+        self._queue.put((job, handle))
+        return handle
+
+    def flush(self) -> None:
+        self._queue.join()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                job, handle = item
+                try:
+                    handle._resolve(accepted=job())
+                except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the handle
+                    log.warning("repscope upload failed: %s", exc)
+                    handle._resolve(error=exc)
+            finally:
+                self._queue.task_done()
+
+
+class Run:
+    """A training run: log embeddings, checkpoints and scalars at training steps; wait; read metrics back.
+
+    By default uploads go through a background thread (`background=True`): `log_*` return an `Upload` handle
+    at once, after copying what they were given, so the caller may keep training and mutate its tensors.
+    """
+
+    def __init__(self, client: Client, info: RunRead, *, background: bool = True, max_pending: int = 8) -> None:
         self.client = client
         self.info = info
         self.id = info.id
-        self.evaluation_ids: list[int] = []
+        self.uploads: list[Upload] = []
+        self._uploader = _Uploader(max_pending) if background else None
 
     def __repr__(self) -> str:
         return f"Run(id={self.id}, project={self.info.project!r}, name={self.info.name!r})"
 
+    def _submit(self, job: Callable[[], Any]) -> Upload:
+        if self._uploader is None:
+            handle = Upload()
+            try:
+                handle._resolve(accepted=job())
+            except RepscopeError as exc:
+                handle._resolve(error=exc)
+                raise
+            self.uploads.append(handle)
+            return handle
+        handle = self._uploader.submit(job)
+        self.uploads.append(handle)
+        return handle
+
     def log_embeddings(self, step: int, embeddings: Any, labels: Any = None, *, split: Any = None,
-                       poison: Any = None, dataset: str | None = None,
-                       suites: Iterable[str] | None = None) -> list[int]:
-        """Upload N×D embeddings (numpy or torch) taken at `step`; returns the queued evaluation ids at once."""
+                       poison: Any = None, views: Any = None, dataset: str | None = None,
+                       suites: Iterable[str] | None = None) -> Upload:
+        """Upload N×D embeddings (numpy or torch) taken at `step`. Streamed as .npy (.npz with labels), with no
+        temporary file; in background mode the arrays are copied first so training can go on."""
         arrays = {"embeddings": _as_numpy(embeddings)}
-        for name, value in (("labels", labels), ("split", split), ("poison", poison)):
+        for name, value in (("labels", labels), ("split", split), ("poison", poison), ("views", views)):
             if value is not None:
                 arrays[name] = _as_numpy(value)
-        with tempfile.TemporaryDirectory(prefix="repscope-") as tmp:
-            path = Path(tmp) / f"step{step}.npz"
-            np.savez(path, **arrays)
-            accepted = self.client.upload_file(self.id, path, step=step, dataset=dataset, suites=suites)
-        ids = [e.id for e in accepted.evaluations]
-        self.evaluation_ids.extend(i for i in ids if i not in self.evaluation_ids)
-        return ids
+        if self._uploader is not None:
+            arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        suites = list(suites) if suites is not None else None
+        key = uuid.uuid4().hex
+        return self._submit(lambda: self.client.upload_arrays(self.id, arrays, step=step, dataset=dataset,
+                                                              suites=suites, idempotency_key=key))
 
-    def log_file(self, path: str | os.PathLike, step: int, *, dataset: str | None = None,
-                 suites: Iterable[str] | None = None) -> list[int]:
-        accepted = self.client.upload_file(self.id, path, step=step, dataset=dataset, suites=suites)
-        ids = [e.id for e in accepted.evaluations]
-        self.evaluation_ids.extend(i for i in ids if i not in self.evaluation_ids)
-        return ids
+    def log_file(self, path: str | os.PathLike, step: int, *, kind: str = "embeddings", dataset: str | None = None,
+                 suites: Iterable[str] | None = None, **fields: Any) -> Upload:
+        """Upload a file as it is (embeddings file or checkpoint); extra fields: arch, pool, output, views."""
+        suites = list(suites) if suites is not None else None
+        extra = {k: str(v) for k, v in fields.items() if v is not None}
+        key = uuid.uuid4().hex
+        return self._submit(lambda: self.client.upload_file(self.id, path, step=step, kind=kind, dataset=dataset,
+                                                            suites=suites, extra=extra, idempotency_key=key))
+
+    def log_checkpoint(self, step: int, checkpoint: Any, *, arch: str | None = None, dataset: str | None = None,
+                       suites: Iterable[str] | None = None, pool: str | None = None, output: str | None = None,
+                       views: int | None = None) -> Upload:
+        """Upload an encoder: a checkpoint path, or an nn.Module — saved now as a state_dict when `arch` names
+        its architecture, else as TorchScript. The server embeds `dataset` with it and runs the suites."""
+        fields = {"arch": arch, "pool": pool, "output": output, "views": views}
+        if isinstance(checkpoint, str | os.PathLike):
+            return self.log_file(checkpoint, step, kind="checkpoint", dataset=dataset, suites=suites, **fields)
+        import torch  # only for modules
+
+        tmp = tempfile.NamedTemporaryFile(prefix="repscope-ckpt-", suffix=".pt", delete=False)  # noqa: SIM115
+        tmp.close()
+        path = Path(tmp.name)
+        if arch:
+            torch.save({k: v.detach().cpu() for k, v in checkpoint.state_dict().items()}, path)
+        else:
+            torch.jit.save(torch.jit.script(checkpoint), path)
+        suites = list(suites) if suites is not None else None
+        extra = {k: str(v) for k, v in fields.items() if v is not None}
+        key = uuid.uuid4().hex
+
+        def job() -> UploadAccepted:
+            try:
+                return self.client.upload_file(self.id, path, step=step, kind="checkpoint", dataset=dataset,
+                                               suites=suites, extra=extra, idempotency_key=key)
+            finally:
+                path.unlink(missing_ok=True)
+
+        return self._submit(job)
+
+    def log_metrics(self, step: int, metrics: dict[str, float] | None = None, **values: float) -> None:
+        """Scalars from training (loss, lr, ...), charted beside repscope's metrics. Sent in the background."""
+        body = {"step": step, "metrics": {**(metrics or {}), **values}}
+        self._submit(lambda: _check(self.client._send(lambda: self.client.http.post(
+            f"/runs/{self.id}/metrics", json=body))))
+
+    def flush(self) -> None:
+        """Block until every upload logged so far has been sent (or has failed)."""
+        if self._uploader is not None:
+            self._uploader.flush()
 
     def wait(self, timeout: float = 600.0) -> list[EvaluationRead]:
-        """Block until every evaluation this Run object queued has finished."""
-        return self.client.wait(list(self.evaluation_ids), timeout=timeout)
+        """Flush, then block until every evaluation queued by this Run object has finished, including the
+        suites a checkpoint's embedding step queues once its embeddings exist. Raises the first upload error."""
+        self.flush()
+        ids: list[int] = []
+        for handle in self.uploads:
+            accepted = handle.result()
+            if isinstance(accepted, UploadAccepted):
+                ids += [e.id for e in accepted.evaluations if e.id not in ids]
+        deadline = time.monotonic() + timeout
+        finished = self.client.wait(ids, timeout=timeout)
+        derived: list[int] = []  # suites an embedding step queued (a cache hit queued them at upload: in `ids`)
+        for e in finished:
+            if e.suite == EMBED_STEP:
+                variant = (self.client.evaluation(e.id).result or {}).get("variant", {})
+                derived += [i for i in variant.get("queued_evaluations", []) if i not in ids]
+        if derived:
+            finished += self.client.wait(derived, timeout=max(1.0, deadline - time.monotonic()))
+        return finished
 
     def metrics(self, key: str) -> list[tuple[int, float]]:
         """The metric over step: [(step, value), ...]."""

@@ -148,10 +148,17 @@ class EvaluationResultIn(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+class MetricsLog(BaseModel):
+    """Scalars a training job logs itself (loss, lr, its own probe...), charted beside repscope's metrics."""
+
+    step: int = Field(ge=0)
+    metrics: dict[str, float] = Field(min_length=1, max_length=200)
+
+
 class MetricPoint(BaseModel):
     step: int
     value: float
-    evaluation_id: int
+    evaluation_id: int | None  # None: logged by the training job
 
 
 class MetricSeries(BaseModel):

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.deps import QueueDep, SessionDep, SettingsDep, StoreDep
@@ -15,6 +16,7 @@ from backend.services.artifacts import (
     UploadRejected,
     artifact_read,
     evaluation_briefs,
+    find_by_idempotency_key,
     get_artifact,
     register_checkpoint,
     register_embeddings,
@@ -110,12 +112,13 @@ def _parse_fields(fields: dict[str, str]) -> UploadFields:
     return UploadFields(kind, step, dataset, suites, params, parent, cache_key)
 
 
-def _register(session, store, run, form, fields: UploadFields, settings):  # noqa: ANN001, ANN202
+def _register(session, store, run, form, fields: UploadFields, settings, idempotency_key):  # noqa: ANN001, ANN202
     """Runs in a worker thread: validation and hashing-bound work stay off the event loop."""
     if fields.kind == "checkpoint":
         dataset = get_dataset(session, fields.dataset or DEFAULT_CHECKPOINT_DATASET)
         return register_checkpoint(session, store, run, form.file, filename=form.filename, step=fields.step,
-                                   dataset=dataset, params=fields.checkpoint_params, suites=fields.suites)
+                                   dataset=dataset, params=fields.checkpoint_params, suites=fields.suites,
+                                   idempotency_key=idempotency_key)
     parent = None
     if fields.parent_id is not None:
         parent = get_artifact(session, fields.parent_id)
@@ -123,7 +126,7 @@ def _register(session, store, run, form, fields: UploadFields, settings):  # noq
             raise UploadRejected(f"parent {fields.parent_id} is not a checkpoint of run {run.id}")
     return register_embeddings(session, store, run, form.file, filename=form.filename, step=fields.step,
                                dataset=fields.dataset, suites=fields.suites, max_elements=settings.max_elements,
-                               parent=parent, cache_key=fields.cache_key)
+                               parent=parent, cache_key=fields.cache_key, idempotency_key=idempotency_key)
 
 
 @router.post("/runs/{run_id}/artifacts", status_code=202, response_model=UploadAccepted,
@@ -132,6 +135,12 @@ async def upload_artifact(run_id: int, request: Request, session: SessionDep, st
                           queue: QueueDep, settings: SettingsDep) -> UploadAccepted:
     """Stream an embeddings file or a checkpoint into the store, validate it, and queue its evaluations."""
     run = await run_in_threadpool(run_service.get_run, session, run_id)
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not re.fullmatch(r"[A-Za-z0-9_.:\-]{8,100}", idempotency_key):
+        raise HTTPException(400, "Idempotency-Key must be 8-100 letters, digits, '_', '.', ':' or '-'")
+    earlier = await run_in_threadpool(find_by_idempotency_key, session, run.id, idempotency_key)
+    if earlier is not None:  # a retry of a request that already succeeded: same answer, body ignored
+        return _accepted(earlier)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, f"upload of {declared} bytes exceeds the size limit of {settings.max_upload_bytes} bytes")
@@ -145,14 +154,25 @@ async def upload_artifact(run_id: int, request: Request, session: SessionDep, st
         raise HTTPException(400, "missing the 'file' part of the multipart form")
     try:
         fields = _parse_fields(form.fields)
-        registered = await run_in_threadpool(_register, session, store, run, form, fields, settings)
+        registered = await run_in_threadpool(_register, session, store, run, form, fields, settings,
+                                             idempotency_key)
     except UploadRejected as exc:
         raise HTTPException(exc.status_code, str(exc)) from None
+    except IntegrityError:  # a concurrent request with the same Idempotency-Key won the race
+        session.rollback()
+        earlier = await run_in_threadpool(find_by_idempotency_key, session, run.id, idempotency_key)
+        if earlier is None:
+            raise
+        return _accepted(earlier)
     finally:
         form.file.path.unlink(missing_ok=True)  # consumed already unless validation failed early
     if not registered.deduplicated:
         queued = [e for e in registered.evaluations if e.status == "queued"]
         await run_in_threadpool(_enqueue, session, queue, queued)
+    return _accepted(registered)
+
+
+def _accepted(registered) -> UploadAccepted:  # noqa: ANN001
     return UploadAccepted(artifact=artifact_read(registered.artifact),
                           evaluations=evaluation_briefs(registered.evaluations),
                           deduplicated=registered.deduplicated)

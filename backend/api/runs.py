@@ -2,13 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Response
 
 from backend.api.deps import SessionDep
 from backend.services import metrics as metric_service
 from backend.services import runs as run_service
 from backend.services.artifacts import artifact_read, list_run_artifacts
-from repscope.schemas import ArtifactRead, MetricSeries, Page, ProjectRead, RunCreate, RunRead
+from repscope.schemas import ArtifactRead, MetricSeries, MetricsLog, Page, ProjectRead, RunCreate, RunRead
 
 router = APIRouter(tags=["runs"])
 
@@ -47,6 +47,17 @@ def run_metrics(run_id: int, session: SessionDep, key: str | None = None) -> Met
     if key is None:
         return metric_service.keys(session, run_id)
     return metric_service.series(session, run_id, key)
+
+
+@router.post("/runs/{run_id}/metrics", status_code=201)
+def log_run_metrics(run_id: int, body: MetricsLog, session: SessionDep) -> dict[str, int]:
+    """Scalars from the training job itself (loss, learning rate...), charted beside the computed metrics."""
+    run_service.get_run(session, run_id)
+    try:
+        stored = metric_service.log_metrics(session, run_id, body.step, body.metrics)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return {"stored": stored}
 
 
 @router.get("/runs/{run_id}/artifacts", response_model=list[ArtifactRead])

@@ -17,7 +17,7 @@ from backend.services import NotFound
 from backend.storage import ArtifactStore, Received
 from repscope.formats import FormatError, inspect_embeddings
 from repscope.schemas import ArtifactRead, EvaluationBrief, Status
-from repscope.suites import check_suites, default_suites
+from repscope.suites import EMBED_STEP, check_suites, default_suites
 
 ARTIFACT_KINDS = ("embeddings", "checkpoint")
 
@@ -40,7 +40,7 @@ class Registered:
 def register_embeddings(session: Session, store: ArtifactStore, run: Run, received: Received, *,
                         filename: str | None, step: int, dataset: str | None, suites: list[str] | None,
                         max_elements: int, parent: Artifact | None = None,
-                        cache_key: str | None = None) -> Registered:
+                        cache_key: str | None = None, idempotency_key: str | None = None) -> Registered:
     """Validate and commit an embeddings upload. The temp file is always consumed (moved or removed).
 
     `suites` None means every suite the content allows (probes only when the file has labels)."""
@@ -65,7 +65,7 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
         artifact = Artifact(run_id=run.id, step=step, kind="embeddings", format=info.format,
                             sha256=received.sha256, bytes=received.size, storage_key=key,
                             meta={**info.to_meta(), "filename": filename}, dataset=dataset, parent=parent,
-                            cache_key=cache_key)
+                            cache_key=cache_key, idempotency_key=idempotency_key)
         evaluations = [Evaluation(artifact=artifact, suite=suite, params={}, status=Status.queued.value)
                        for suite in suites]
         session.add(artifact)
@@ -77,6 +77,16 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
             store.delete(key)
         raise
     return Registered(artifact, evaluations, deduplicated=False)
+
+
+def find_by_idempotency_key(session: Session, run_id: int, key: str | None) -> Registered | None:
+    """The artifact an earlier request with this Idempotency-Key created, if any."""
+    if not key:
+        return None
+    artifact = session.scalar(select(Artifact).where(Artifact.run_id == run_id, Artifact.idempotency_key == key))
+    if artifact is None:
+        return None
+    return Registered(artifact, list(artifact.evaluations), deduplicated=True)
 
 
 def _key_referenced(session: Session, key: str) -> bool:
@@ -105,7 +115,6 @@ def list_run_artifacts(session: Session, run_id: int) -> list[Artifact]:
 
 # --- checkpoints ---------------------------------------------------------------------------------------
 
-EMBED_SUITE = "embed"  # the worker step that turns a checkpoint into a derived embeddings artifact
 EMBED_VERSION = "v1"  # bump when the worker's preprocessing changes: old cached embeddings stop matching
 
 
@@ -123,7 +132,7 @@ def embedding_cache_key(checkpoint_sha: str, dataset_identity: str, params: dict
 
 def register_checkpoint(session: Session, store: ArtifactStore, run: Run, received: Received, *,
                         filename: str | None, step: int, dataset, params: dict,  # noqa: ANN001
-                        suites: list[str] | None) -> Registered:
+                        suites: list[str] | None, idempotency_key: str | None = None) -> Registered:
     """Validate a checkpoint, store it, and queue its embedding on `dataset` (or reuse cached embeddings)."""
     from repscope.checkpoints import CheckpointError, inspect_checkpoint
 
@@ -152,8 +161,9 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
     try:
         artifact = Artifact(run_id=run.id, step=step, kind="checkpoint", format=info.format,
                             sha256=received.sha256, bytes=received.size, storage_key=key, dataset=dataset.name,
-                            meta={**info.to_meta(), "filename": filename, "arch": params.get("arch")})
-        embed = Evaluation(artifact=artifact, suite=EMBED_SUITE, params={**params, "cache_key": cache_key},
+                            meta={**info.to_meta(), "filename": filename, "arch": params.get("arch")},
+                            idempotency_key=idempotency_key)
+        embed = Evaluation(artifact=artifact, suite=EMBED_STEP, params={**params, "cache_key": cache_key},
                            status=Status.queued.value)
         session.add_all([artifact, embed])
         evaluations = [embed]

@@ -72,11 +72,13 @@ def test_bad_file_gets_4xx_and_server_keeps_serving(deployment, tmp_path):
     bad[3, 2] = np.nan
     np.save(tmp_path / "bad.npy", bad)
     with pytest.raises(RepscopeError) as err:
-        run.log_file(tmp_path / "bad.npy", step=1)
+        run.log_file(tmp_path / "bad.npy", step=1).result()  # the background upload's error, handed back
     assert err.value.status_code == 422 and "finite" in err.value.detail
     z = structured_embeddings(100, 16, seed=3)
-    run.log_embeddings(step=2, embeddings=z)
-    run.wait(timeout=120)
+    good = client.run(project="e2e", name=f"bad-then-good-{deployment.name}")
+    good.log_embeddings(step=2, embeddings=z)
+    good.wait(timeout=120)
+    run = good
     assert abs(run.metrics("rankme")[0][1] - rankme_numpy(z)) / rankme_numpy(z) < REL_TOL
 
 
@@ -132,7 +134,7 @@ def test_sweeper_resends_what_redis_lost(make_postgres_database, tmp_path):
         client = repscope.Client(dep.url)
         run = client.run(project="faults", name="redis-lost")
         z = structured_embeddings(300, 24, seed=5)
-        ids = run.log_embeddings(step=1, embeddings=z)
+        ids = run.log_embeddings(step=1, embeddings=z).ids()  # wait for the upload itself
         r = redis.Redis.from_url(REDIS_URL)
         lost = [k for k in r.scan_iter(match=f"{dep.queue}*")]
         assert lost, "the upload did not reach Redis"

@@ -246,3 +246,19 @@ def test_probes_without_labels_is_refused(api, app, settings, run_id):
     response = upload(api, run_id, "u.npy", npy_bytes(GOOD), suites="spectrum,probes")
     assert response.status_code == 422 and "need labels" in response.json()["detail"]
     assert count(app, Artifact) == 0 and stored_files(settings) == [] and tmp_files(settings) == []
+
+
+def test_idempotency_key_returns_the_first_result(api, app, run_id):
+    key = {"Idempotency-Key": "job-42:step-7:attempt"}
+    first = api.post(f"/api/v1/runs/{run_id}/artifacts", data={"step": "7"}, headers=key,
+                     files={"file": ("a.npy", npy_bytes(GOOD))}).json()
+    # a retry whose body differs (e.g. re-serialised) still maps to the first artifact: the key decides
+    again = api.post(f"/api/v1/runs/{run_id}/artifacts", data={"step": "7"}, headers=key,
+                     files={"file": ("a.npy", npy_bytes(GOOD * 2))}).json()
+    assert again["deduplicated"] is True and again["artifact"]["id"] == first["artifact"]["id"]
+    assert [e["id"] for e in again["evaluations"]] == [e["id"] for e in first["evaluations"]]
+    other = upload(api, run_id, "a.npy", npy_bytes(GOOD * 2), step=7).json()
+    assert other["artifact"]["id"] != first["artifact"]["id"] and count(app, Artifact) == 2
+    bad_key = api.post(f"/api/v1/runs/{run_id}/artifacts", headers={"Idempotency-Key": "x y"},
+                       files={"file": ("a.npy", npy_bytes(GOOD))})
+    assert bad_key.status_code == 400
