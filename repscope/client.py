@@ -432,8 +432,9 @@ class Run:
             finished += self.client.wait(derived, timeout=max(1.0, deadline - time.monotonic()))
         return finished
 
-    def metrics(self, key: str) -> list[tuple[int, float]]:
-        """The metric over step: [(step, value), ...]."""
+    def metrics(self, key: str, dataset: str | None = None) -> list[tuple[int, float]]:
+        """The metric over step: [(step, value), ...]; only `dataset`'s points when given."""
+        params = {"key": key, **({"dataset": dataset} if dataset else {})}
         series = MetricSeries.model_validate(_check(self.client.http.get(f"/runs/{self.id}/metrics",
-                                                                         params={"key": key})).json())
+                                                                         params=params)).json())
         return [(p.step, p.value) for p in series.points]

@@ -44,7 +44,8 @@ BUILTIN_DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec("digits", "scikit-learn's handwritten digits (1 797 images, 8x8) upsampled to 32x32 RGB",
                           1797, (32, 32, 3), tuple(str(i) for i in range(10))),
     "shapes": DatasetSpec("shapes", "procedural shapes with every generative factor stored (class, colour, size, "
-                                    "position, rotation); generated with a fixed seed", None, (32, 32, 3), ()),
+                                    "position, rotation); generated with a fixed seed", 6000, (32, 32, 3),
+                          ("circle", "square", "triangle", "cross", "ring", "star")),
 }
 
 

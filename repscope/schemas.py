@@ -159,6 +159,7 @@ class MetricPoint(BaseModel):
     step: int
     value: float
     evaluation_id: int | None  # None: logged by the training job
+    dataset: str | None = None
 
 
 class MetricSeries(BaseModel):

@@ -41,12 +41,14 @@ def get_run(run_id: int, session: SessionDep) -> RunRead:
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricSeries | list[str])
-def run_metrics(run_id: int, session: SessionDep, key: str | None = None) -> MetricSeries | list[str]:
-    """With `key`: that metric over training step. Without: the metric keys this run has."""
+def run_metrics(run_id: int, session: SessionDep, key: str | None = None,
+                dataset: str | None = None) -> MetricSeries | list[str]:
+    """With `key`: that metric over training step (only `dataset`'s points when given; each point names its
+    dataset). Without: the metric keys this run has."""
     run_service.get_run(session, run_id)
     if key is None:
         return metric_service.keys(session, run_id)
-    return metric_service.series(session, run_id, key)
+    return metric_service.series(session, run_id, key, dataset)
 
 
 @router.post("/runs/{run_id}/metrics", status_code=201)

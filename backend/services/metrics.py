@@ -8,16 +8,22 @@ import re
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from backend.models import Metric
+from backend.models import Artifact, Evaluation, Metric
 from repscope.schemas import MetricPoint, MetricSeries
 
 
-def series(session: Session, run_id: int, key: str) -> MetricSeries:
-    rows = session.execute(select(Metric.step, Metric.value, Metric.evaluation_id)
-                           .where(Metric.run_id == run_id, Metric.key == key)
-                           .order_by(Metric.step, Metric.evaluation_id)).all()
-    return MetricSeries(run_id=run_id, key=key,
-                        points=[MetricPoint(step=s, value=v, evaluation_id=e) for s, v, e in rows])
+def series(session: Session, run_id: int, key: str, dataset: str | None = None) -> MetricSeries:
+    """The metric over step, each point with the dataset its embeddings came from (None for logged scalars).
+    `dataset` keeps only that dataset's points: one run may be evaluated on several."""
+    stmt = (select(Metric.step, Metric.value, Metric.evaluation_id, Artifact.dataset)
+            .outerjoin(Evaluation, Evaluation.id == Metric.evaluation_id)
+            .outerjoin(Artifact, Artifact.id == Evaluation.artifact_id)
+            .where(Metric.run_id == run_id, Metric.key == key))
+    if dataset is not None:
+        stmt = stmt.where(Artifact.dataset == dataset)
+    rows = session.execute(stmt.order_by(Metric.step, Metric.evaluation_id)).all()
+    return MetricSeries(run_id=run_id, key=key, points=[
+        MetricPoint(step=s, value=v, evaluation_id=e, dataset=d) for s, v, e, d in rows])
 
 
 LOGGED_KEY = re.compile(r"^[A-Za-z0-9_./@:-]{1,200}$")

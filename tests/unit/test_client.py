@@ -113,3 +113,20 @@ def test_log_checkpoint_from_a_module(api, client):
 
     weights = run.log_checkpoint(2, resnet18_cifar(width=8), arch="resnet18_cifar").result()
     assert weights.artifact.format == "state_dict" and weights.artifact.meta["arch"] == "resnet18_cifar"
+
+
+def test_metric_series_can_be_split_by_dataset(api, client):
+    run = client().run(project="p", name="two-datasets", background=False)
+    for step in (1, 2):
+        for dataset, seed in (("val", 0), ("ood", 1)):
+            z = np.random.default_rng(seed + step).standard_normal((30, 5)).astype(np.float32)
+            handle = run.log_embeddings(step, z, dataset=dataset)
+            eid = handle.ids()[0]
+            api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "w"})
+            api.post(f"/api/v1/evaluations/{eid}/result", json={"metrics": {"rankme": step + (seed / 10)}})
+    run.log_metrics(2, rankme=99.0)  # a scalar the job logged itself has no dataset
+    assert run.metrics("rankme", dataset="val") == [(1, 1.0), (2, 2.0)]
+    assert run.metrics("rankme", dataset="ood") == [(1, 1.1), (2, 2.1)]
+    points = api.get(f"/api/v1/runs/{run.id}/metrics", params={"key": "rankme"}).json()["points"]
+    assert sorted((p["step"], p["dataset"] or "") for p in points) == [(1, "ood"), (1, "val"), (2, ""),
+                                                                         (2, "ood"), (2, "val")]
