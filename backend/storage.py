@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+_HOST = socket.gethostname().replace("-", "_")
 
 
 class UploadTooLarge(Exception):
@@ -65,7 +68,8 @@ class ArtifactStore:
         self.objects.mkdir(parents=True, exist_ok=True)
 
     def incoming(self, limit: int) -> IncomingFile:
-        return IncomingFile(self.tmp / f"upload-{uuid.uuid4().hex}", limit)
+        # host and pid in the name let a restarted API tell its dead predecessor's files from live uploads
+        return IncomingFile(self.tmp / f"upload-{_HOST}-{os.getpid()}-{uuid.uuid4().hex}", limit)
 
     @staticmethod
     def key_for(sha256: str, ext: str) -> str:
@@ -95,16 +99,33 @@ class ArtifactStore:
         self.path(key).unlink(missing_ok=True)
 
     def sweep_tmp(self, older_than_s: float = 3600.0) -> int:
-        """Remove temp files left by a crashed process (the API killed mid-upload)."""
+        """Remove temp files left by a crashed API process (killed mid-upload): those of a process of this host
+        that no longer runs, and any older than `older_than_s` (other hosts sharing the volume)."""
         import time
 
         removed = 0
         cutoff = time.time() - older_than_s
         for entry in self.tmp.iterdir():
             try:
-                if entry.stat().st_mtime < cutoff:
+                if _orphaned(entry.name) or entry.stat().st_mtime < cutoff:
                     entry.unlink()
                     removed += 1
             except FileNotFoundError:
                 pass
         return removed
+
+
+def _orphaned(name: str) -> bool:
+    parts = name.split("-")
+    if len(parts) != 4 or parts[0] != "upload" or parts[1] != _HOST or not parts[2].isdigit():
+        return False
+    pid = int(parts[2])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

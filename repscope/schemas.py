@@ -135,6 +135,7 @@ class ClaimResponse(BaseModel):
 
 
 class EvaluationPatch(BaseModel):
+    worker: str | None = Field(default=None, max_length=200)  # when given, must be the claiming worker
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
     message: str | None = Field(default=None, max_length=2000)
     status: Status | None = None
@@ -142,6 +143,7 @@ class EvaluationPatch(BaseModel):
 
 
 class EvaluationResultIn(BaseModel):
+    worker: str | None = Field(default=None, max_length=200)  # when given, must be the claiming worker
     metrics: dict[str, float]
     figures: dict[str, Any] = Field(default_factory=dict)
     variant: dict[str, Any] = Field(default_factory=dict)

@@ -31,8 +31,10 @@ class Settings(BaseSettings):
     # Queue reliability: the database is the source of truth, the broker only transport.
     sweep_interval_s: float = 10.0  # how often the sweeper looks
     requeue_after_s: float = 120.0  # a `queued` evaluation not claimed for this long is sent again
-    lease_s: float = 300.0  # a `running` evaluation with no progress for this long is presumed lost
+    lease_s: float = 120.0  # a `running` evaluation without a heartbeat for this long is presumed lost
+    heartbeat_s: float = 15.0  # how often a worker renews the lease of the evaluation it runs
     max_attempts: int = 3
+    task_time_limit_s: float | None = 3600.0  # an evaluation running longer is stopped and marked failed
 
     # Server-side dataset folders may only be registered under these roots (":"-separated paths).
     dataset_roots: str = ""

@@ -6,11 +6,12 @@ Talks to the backend only through repscope.Client (DESIGN.md layering).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from pathlib import Path
 
-from repscope.client import Client
+from repscope.client import Client, RepscopeError
 from repscope.formats import load_embeddings
 from repscope.schemas import ClaimResponse, EvaluationResultIn
 from repscope.settings import Settings
@@ -42,16 +43,63 @@ def artifact_path(claim: ClaimResponse, client: Client, settings: Settings) -> P
     return dest
 
 
-def throttled_progress(client: Client, evaluation_id: int) -> ProgressFn:
+class TimeLimitExceeded(RuntimeError):
+    pass
+
+
+def throttled_progress(client: Client, evaluation_id: int, worker: str,
+                       time_limit_s: float | None = None) -> ProgressFn:
+    """Progress sink for suites: forwards at most one PATCH a second (also the lease heartbeat), and enforces
+    the time limit cooperatively — Celery's time limits need the prefork pool, and workers run solo."""
     last = [0.0]
+    deadline = time.monotonic() + time_limit_s if time_limit_s else None
 
     def report(fraction: float, message: str) -> None:
         now = time.monotonic()
+        if deadline is not None and now > deadline:
+            raise TimeLimitExceeded(f"stopped after the time limit of {time_limit_s:g} s "
+                                    "(REPSCOPE_TASK_TIME_LIMIT_S)")
         if now - last[0] >= PROGRESS_EVERY_S:
             last[0] = now
-            client.report(evaluation_id, progress=min(max(fraction, 0.0), 1.0), message=message[:2000])
+            client.report(evaluation_id, worker=worker, progress=min(max(fraction, 0.0), 1.0),
+                          message=message[:2000])
 
     return report
+
+
+class Heartbeat:
+    """Renews the evaluation's lease every `every_s` seconds from a side thread, however long the suite's
+    current step takes; a dead worker stops renewing and the API's sweeper hands the evaluation on."""
+
+    def __init__(self, client: Client, evaluation_id: int, worker: str, every_s: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(client, evaluation_id, worker, every_s),
+                                        name=f"heartbeat-{evaluation_id}", daemon=True)
+
+    def _beat(self, client: Client, evaluation_id: int, worker: str, every_s: float) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                client.report(evaluation_id, worker=worker)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is not fatal; a lost lease shows at the end
+                log.warning("heartbeat for evaluation %s failed: %s", evaluation_id, exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def run_evaluation(evaluation_id: int, client: Client, worker_name: str, settings: Settings) -> str:
@@ -60,16 +108,23 @@ def run_evaluation(evaluation_id: int, client: Client, worker_name: str, setting
     if claim is None:
         log.info("evaluation %s already claimed elsewhere; skipping", evaluation_id)
         return "skipped"
+    with Heartbeat(client, evaluation_id, worker_name, settings.heartbeat_s):
+        return _run_claimed(claim, evaluation_id, client, worker_name, settings)
+
+
+def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worker_name: str,
+                 settings: Settings) -> str:
     suite = claim.evaluation.suite
     try:
         runner = SUITES.get(suite)
         if runner is None and suite != EMBED_STEP:
             raise ValueError(f"this worker cannot run suite {suite!r}; it has {sorted(SUITES)}")
         device = pick_device(settings.device)
-        client.report(evaluation_id, progress=0.0, message=f"loading {claim.artifact.format} artifact")
+        client.report(evaluation_id, worker=worker_name, progress=0.0,
+                      message=f"loading {claim.artifact.format} artifact")
         path = artifact_path(claim, client, settings)
         started = time.perf_counter()
-        progress = throttled_progress(client, evaluation_id)
+        progress = throttled_progress(client, evaluation_id, worker_name, settings.task_time_limit_s)
         if suite == EMBED_STEP:
             result = run_embed(claim, path, client, settings, device, progress)
         else:
@@ -79,10 +134,16 @@ def run_evaluation(evaluation_id: int, client: Client, worker_name: str, setting
         result.variant.setdefault("device", device)
         result.variant["worker"] = worker_name
         result.variant["seconds"] = round(time.perf_counter() - started, 4)
-        client.post_result(evaluation_id, EvaluationResultIn(**result.to_json()))
+        client.post_result(evaluation_id, EvaluationResultIn(worker=worker_name, **result.to_json()))
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable `failed` evaluation
         log.exception("evaluation %s failed", evaluation_id)
+        if "out of memory" in str(exc).lower():
+            _free_device_memory()
         tail = "".join(traceback.format_exception(exc)[-3:])
-        client.report(evaluation_id, status="failed", error=f"{type(exc).__name__}: {exc}\n\n{tail}"[:20000])
+        try:
+            client.report(evaluation_id, worker=worker_name, status="failed",
+                          error=f"{type(exc).__name__}: {exc}\n\n{tail}"[:20000])
+        except RepscopeError as refused:  # reassigned after our lease expired: the new holder reports
+            log.warning("could not mark evaluation %s failed: %s", evaluation_id, refused)
         return "failed"

@@ -76,10 +76,17 @@ def claim(session: Session, evaluation_id: int, worker: str, lease_s: float) -> 
     return evaluation
 
 
+def _check_owner(evaluation: Evaluation, worker: str | None) -> None:
+    """A worker whose lease expired (and whose evaluation went to another worker) must not write to it."""
+    if worker is not None and evaluation.worker != worker:
+        raise Conflict(f"evaluation {evaluation.id} is now held by {evaluation.worker}, not {worker}")
+
+
 def patch(session: Session, evaluation_id: int, body: EvaluationPatch) -> Evaluation:
     evaluation = get_evaluation(session, evaluation_id)
     if evaluation.status != Status.running.value:
         raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}; only running evaluations take updates")
+    _check_owner(evaluation, body.worker)
     if body.progress is not None:
         evaluation.progress = body.progress
     if body.message is not None:
@@ -100,6 +107,7 @@ def store_result(session: Session, evaluation_id: int, body: EvaluationResultIn)
     evaluation = get_evaluation(session, evaluation_id)
     if evaluation.status != Status.running.value:
         raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}; results are accepted only while running")
+    _check_owner(evaluation, body.worker)
     artifact = evaluation.artifact
     finite = {k: v for k, v in body.metrics.items() if math.isfinite(v)}
     undefined = sorted(set(body.metrics) - set(finite))

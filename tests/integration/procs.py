@@ -49,8 +49,13 @@ class Proc:
                                      start_new_session=True)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """SIGTERM/SIGINT: to the process (it stops its children itself). SIGKILL: to its whole process group,
+        as when a machine loses the process and everything it started."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if sig == signal.SIGKILL:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            else:
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
