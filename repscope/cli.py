@@ -228,6 +228,53 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """Print a dataset's leaderboard (one row per run, Borda rank across the chosen metrics)."""
+    client = _client(args)
+    params: dict = {"pick": args.pick, "format": "csv" if args.csv else "json"}
+    if args.metric:
+        params["metric"] = args.metric
+    if args.project:
+        params["project"] = args.project
+    response = client.http.get(f"/leaderboards/{args.dataset}", params=params)
+    if not response.is_success:
+        print(f"error: {response.json().get('detail', response.text)} (HTTP {response.status_code})",
+              file=sys.stderr)
+        return 1
+    if args.csv:
+        print(response.text, end="")
+        return 0
+    board = response.json()
+    if args.json:
+        _print_json(board)
+        return 0
+    metrics = board.get("metrics", [])
+    header = ["#", "run", "step", *metrics, "borda"]
+    rows = [[str(r.get("rank", i + 1)), f"{r.get('project')}/{r.get('run')}", str(r.get("step", "")),
+             *[("—" if r.get("values", {}).get(m) is None else f"{r['values'][m]:.4g}") for m in metrics],
+             f"{r.get('borda', 0):g}"] for i, r in enumerate(board.get("rows", []))]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Fill a running instance with a realistic demo project (real computed metrics)."""
+    from repscope.demo import seed_demo
+
+    summary = seed_demo(args.url, runs=args.runs, steps=args.steps, seed=args.seed,
+                        log=None if args.json else (lambda msg: print(msg, file=sys.stderr)))
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"demo project {summary['project']!r}: {len(summary['runs'])} runs, "
+              f"{summary['evaluations']} evaluations in {summary['seconds']:.0f} s — open {args.url}/projects/"
+              f"{summary['project']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="repscope", description="Measure how good a learned representation is, while it trains.",
@@ -289,6 +336,31 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--url", default=os.environ.get("REPSCOPE_URL", "http://127.0.0.1:8000"),
                       help="server URL (default $REPSCOPE_URL or http://127.0.0.1:8000)")
     runs.set_defaults(func=cmd_runs)
+
+    url_help = "server URL (default $REPSCOPE_URL or http://127.0.0.1:8000)"
+    default_url = os.environ.get("REPSCOPE_URL", "http://127.0.0.1:8000")
+    lb = sub.add_parser("leaderboard", help="print a dataset's leaderboard",
+                        description="One row per run evaluated on DATASET, ranked by Borda count across the "
+                                    "metrics (per metric, one point per run beaten).")
+    lb.add_argument("dataset", help="dataset name ('-' for embeddings uploaded without one)")
+    lb.add_argument("--metric", action="append", help="a metric column (repeat); default rankme, linear_top1, "
+                                                      "knn20_top1 where present")
+    lb.add_argument("--pick", choices=["last", "best"], default="last", help="per run: last step or best step")
+    lb.add_argument("--project", help="only this project's runs")
+    lb.add_argument("--csv", action="store_true", help="print CSV")
+    lb.add_argument("--json", action="store_true", help="print JSON")
+    lb.add_argument("--url", default=default_url, help=url_help)
+    lb.set_defaults(func=cmd_leaderboard)
+
+    demo = sub.add_parser("demo", help="fill a running instance with a demo project (real computed metrics)",
+                          description="Log several runs x steps of generated, labelled embeddings whose spectrum "
+                                      "and class separation change with training, and wait for the worker.")
+    demo.add_argument("--runs", type=int, default=4)
+    demo.add_argument("--steps", type=int, default=6)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--json", action="store_true", help="print JSON")
+    demo.add_argument("--url", default=default_url, help=url_help)
+    demo.set_defaults(func=cmd_demo)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

@@ -17,7 +17,7 @@ def repscope(*args: str, check: bool = True) -> subprocess.CompletedProcess:
                           check=check, timeout=120)
 
 
-@pytest.mark.parametrize("command", ["serve", "worker", "eval", "upload", "runs", "db"])
+@pytest.mark.parametrize("command", ["serve", "worker", "eval", "upload", "runs", "leaderboard", "demo", "db"])
 def test_every_command_has_help(command):
     out = repscope(command, "--help").stdout
     assert out.startswith("usage: repscope " + command)
