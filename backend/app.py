@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from backend import migrate
-from backend.api import artifacts, datasets, evaluations, health, runs
+from backend.api import artifacts, datasets, evaluations, health, leaderboards, runs
 from backend.db import make_engine, make_sessionmaker
 from backend.pages import TEMPLATES
 from backend.pages import router as pages_router
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     app.state.store = ArtifactStore(settings.data_dir / "artifacts")
     app.state.queue = TaskQueue(settings)
 
-    for router in (health.router, runs.router, artifacts.router, evaluations.router, datasets.router):
+    for router in (health.router, runs.router, artifacts.router, evaluations.router, datasets.router, leaderboards.router):
         app.include_router(router, prefix="/api/v1")
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

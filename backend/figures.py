@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+from fnmatch import fnmatchcase
 from typing import Any
 
 from repscope.schemas import MetricSeries
@@ -12,13 +15,42 @@ METRIC_LABELS = {
     "stable_rank": "stable rank",
     "nesum": "NESum",
     "alpha_req": "α-ReQ",
+    "alpha_req_r2": "α-ReQ fit R²",
+    "condition": "inverse condition number",
+    "uniformity": "uniformity loss",
+    "collapse_std": "collapse std",
+    "lidar": "LiDAR",
     "linear_top1": "linear probe top-1",
+    "linear_top5": "linear probe top-5",
+    "linear_balanced_acc": "linear probe balanced accuracy",
+    "linear_best_c": "linear probe C",
     "knn20_top1": "20-NN top-1",
+    "equi_r2_mean": "equivariance R² (mean)",
+    "invariance_auc_mean": "invariance AUC (mean)",
+    "equi_mrr_mean": "equivariance MRR (mean)",
+    "backdoor_risk": "backdoor risk",
 }
+_KNN = re.compile(r"^knn(\d+)_top(\d)$")
+_OPENSET = re.compile(r"^openset_(auroc|fpr95)_(\w+)$")
+_NESTED = re.compile(r"^(.*)@d(\d+)$")
 
 
 def metric_label(key: str) -> str:
-    return METRIC_LABELS.get(key, key)
+    if key in METRIC_LABELS:
+        return METRIC_LABELS[key]
+    if m := _KNN.match(key):
+        return f"{m.group(1)}-NN top-{m.group(2)}"
+    if m := _OPENSET.match(key):
+        return f"open-set {'AUROC' if m.group(1) == 'auroc' else 'FPR@95%TPR'} ({m.group(2)})"
+    if m := _NESTED.match(key):
+        return f"{metric_label(m.group(1))}, d = {m.group(2)}"
+    return key
+
+
+def is_fraction(key: str) -> bool:
+    """Accuracies and rates in [0, 1]: drawn and hovered as percentages."""
+    return bool(_KNN.match(key) or _OPENSET.match(key)) or key in (
+        "linear_top1", "linear_top5", "linear_balanced_acc")
 
 
 def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
@@ -32,14 +64,107 @@ def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, A
     }
 
 
+def _hover_value(key: str) -> str:
+    return "%{y:.2%}" if is_fraction(key) else "%{y:.4g}"
+
+
 def metric_over_step(series: list[tuple[str, MetricSeries]], key: str) -> dict[str, Any]:
     """One line per run: the metric `key` against training step."""
     data = [{
         "type": "scatter", "mode": "lines+markers", "name": name,
         "x": [p.step for p in s.points], "y": [p.value for p in s.points],
-        "hovertemplate": f"{name}<br>step %{{x}}<br>{key} %{{y:.4f}}<extra></extra>",
+        "hovertemplate": f"{name}<br>step %{{x}}<br>{key} {_hover_value(key)}<extra></extra>",
     } for name, s in series]
-    return {"data": data, "layout": _layout(f"{metric_label(key)} over training", "training step", metric_label(key))}
+    yaxis = {"tickformat": ".0%"} if is_fraction(key) else {}
+    y_title = f"{metric_label(key)} (%)" if is_fraction(key) else metric_label(key)
+    return {"data": data, "layout": _layout(f"{metric_label(key)} over training", "training step", y_title,
+                                            yaxis=yaxis)}
+
+
+# --- a run's metrics over training, grouped -------------------------------------------------------------
+
+# (title, y-axis title with unit, key patterns in legend order, y-axis options); a key goes to its first match.
+METRIC_GROUPS: tuple[tuple[str, str, tuple[str, ...], dict[str, Any]], ...] = (
+    ("Effective rank over training (RankMe and kin)", "effective dimensions",
+     ("rankme", "rankme_centered", "nesum", "stable_rank", "lidar"), {}),
+    ("α-ReQ eigenspectrum decay over training (≈ 1 is best)", "α (power-law exponent, unitless)",
+     ("alpha_req",), {}),
+    ("Inverse condition number over training", "σ_min / σ_max (log scale)", ("condition",),
+     {"type": "log", "exponentformat": "power"}),
+    ("α-ReQ fit quality over training", "R² of the power-law fit (unitless)", ("alpha_req_r2",), {}),
+    ("Uniformity loss over training (lower = more uniform)", "uniformity loss (log mean Gaussian potential, t = 2)",
+     ("uniformity",), {}),
+    ("Collapse indicator over training (0 = collapsed)", "mean std of ℓ₂-normalised dims", ("collapse_std",), {}),
+    ("Linear probe accuracy over training", "test accuracy (%)",
+     ("linear_top1", "linear_top5", "linear_balanced_acc"), {"tickformat": ".0%"}),
+    ("k-NN accuracy over training", "test accuracy (%)", ("knn*_top1", "knn*_top5"), {"tickformat": ".0%"}),
+    ("Linear probe: chosen L2 strength over training", "inverse L2 strength C (log scale)", ("linear_best_c",),
+     {"type": "log", "exponentformat": "power"}),
+    ("Open-set detection AUROC over training", "AUROC (%)", ("openset_auroc_*",), {"tickformat": ".0%"}),
+    ("Open-set FPR at 95 % TPR over training (lower is better)", "false-positive rate (%)", ("openset_fpr95_*",),
+     {"tickformat": ".0%"}),
+    ("Equivariance and invariance over training", "score (R², AUC, MRR; unitless)",
+     ("equi_*", "invariance_*"), {}),
+    ("Backdoor risk over training (lower is better)", "risk score (unitless)", ("backdoor_*",), {}),
+)
+
+
+def _group_of(key: str) -> int | None:
+    for i, (_, _, patterns, _) in enumerate(METRIC_GROUPS):
+        if any(fnmatchcase(key, p) for p in patterns):
+            return i
+    return None
+
+
+def _legend_order(key: str, patterns: tuple[str, ...]) -> tuple[int, int, str]:
+    index = next(i for i, p in enumerate(patterns) if fnmatchcase(key, p))
+    m = _KNN.match(key)
+    return index, int(m.group(1)) if m else 0, key
+
+
+def group_over_step(title: str, y_title: str, lines: list[tuple[str, str, MetricSeries]],
+                    yaxis: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Several metrics (or runs) over step on one chart: lines are (legend name, metric key, series)."""
+    data = [{
+        "type": "scatter", "mode": "lines+markers", "name": name,
+        "x": [p.step for p in s.points], "y": [p.value for p in s.points],
+        "hovertemplate": f"{name}<br>step %{{x}}<br>{_hover_value(key)}<extra></extra>",
+    } for name, key, s in lines]
+    return {"data": data, "layout": _layout(title, "training step", y_title, yaxis=dict(yaxis or {}),
+                                            hovermode="closest")}
+
+
+def run_charts(series: dict[str, MetricSeries]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A run's metrics over training step, grouped: (main charts, nested-prefix charts).
+
+    Every key the run has is drawn: known keys in their METRIC_GROUPS chart, unknown keys one chart each,
+    nested-prefix keys `{key}@d{k}` one chart per base key (a line per prefix dimension)."""
+    groups: dict[int, list[str]] = {}
+    others, nested = [], {}
+    for key in series:
+        if m := _NESTED.match(key):
+            nested.setdefault(m.group(1), []).append((int(m.group(2)), key))
+            continue
+        g = _group_of(key)
+        if g is None:
+            others.append(key)
+        else:
+            groups.setdefault(g, []).append(key)
+    charts = []
+    for g in sorted(groups):
+        title, y_title, patterns, yaxis = METRIC_GROUPS[g]
+        keys = sorted(groups[g], key=lambda k: _legend_order(k, patterns))
+        charts.append(group_over_step(title, y_title, [(metric_label(k), k, series[k]) for k in keys], yaxis))
+    for key in sorted(others):
+        charts.append(group_over_step(f"{key} over training", key, [(key, key, series[key])]))
+    nested_charts = []
+    for base in sorted(nested, key=lambda b: (b != "rankme", b)):
+        lines = [(f"d = {d}", key, series[key]) for d, key in sorted(nested[base], reverse=True)]
+        if base in series:
+            lines.insert(0, ("full D", base, series[base]))
+        nested_charts.append(group_over_step(f"{metric_label(base)} of nested prefixes z[:, :d] over training",
+                                             metric_label(base), lines))
+    return charts, nested_charts
 
 
 def singular_value_spectrum(singular_values: list[float], title: str = "Singular-value spectrum") -> dict[str, Any]:
@@ -174,3 +299,91 @@ SUITE_CHARTS = {"spectrum": spectrum_charts, "probes": probe_charts}
 def suite_charts(suite: str, figs: dict[str, Any]) -> list[dict[str, Any]]:
     builder = SUITE_CHARTS.get(suite)
     return builder(figs) if builder and figs else []
+
+
+# --- comparisons ---------------------------------------------------------------------------------------------
+
+def overlaid_spectra(spectra: list[tuple[str, int, list[float]]]) -> dict[str, Any]:
+    """σ_k / σ_1 against k, one line per run (its latest spectrum evaluation), log y: decay shapes compare
+    across runs whatever their scale; the hover also shows the raw σ_k."""
+    data = []
+    for name, step, sv in spectra:
+        pos = [v for v in sv if v > 0]
+        if not pos:
+            continue
+        top = pos[0] if pos[0] > 0 else 1.0
+        data.append({"type": "scatter", "mode": "lines", "name": f"{name} (step {step})",
+                     "x": list(range(1, len(pos) + 1)), "y": [v / top for v in pos], "customdata": pos,
+                     "hovertemplate": f"{name}, step {step}<br>k %{{x}}<br>σ_k/σ_1 %{{y:.4g}}"
+                                      "<br>σ_k %{customdata:.4g}<extra></extra>"})
+    return {"data": data, "layout": _layout("Singular-value spectra (latest spectrum evaluation of each run)",
+                                            "index k (descending)", "σ_k / σ_1 (log scale)",
+                                            yaxis={"type": "log", "exponentformat": "power"},
+                                            xaxis={"type": "log"}, hovermode="closest")}
+
+
+def radar(runs: list[tuple[str, dict[str, float | None]]], keys: list[str],
+          score_fn: Any) -> dict[str, Any] | None:
+    """Summary metrics on a radar: each axis scaled over the compared runs so the best run is 1 and the worst
+    0 (direction-aware through `score_fn(key, value)`, larger = better); equal values all get 1; a missing
+    value is drawn at 0 and hovers as "missing". The hover shows the raw value."""
+    axes = [k for k in keys if any(v.get(k) is not None for _, v in runs)]
+    if len(axes) < 3:
+        return None
+    bounds = {}
+    for k in axes:
+        scores = [score_fn(k, v[k]) for _, v in runs if v.get(k) is not None]
+        scores = [x for x in scores if x is not None]
+        bounds[k] = (min(scores), max(scores)) if scores else (0.0, 0.0)
+    data = []
+    for name, values in runs:
+        r, text = [], []
+        for k in axes:
+            v = values.get(k)
+            sc = score_fn(k, v) if v is not None else None
+            lo, hi = bounds[k]
+            r.append(0.0 if sc is None else (1.0 if hi == lo else (sc - lo) / (hi - lo)))
+            text.append("missing" if v is None else f"{v:.4g}")
+        labels = [metric_label(k) for k in axes]
+        data.append({"type": "scatterpolar", "name": name, "r": [*r, r[0]], "theta": [*labels, labels[0]],
+                     "text": [*text, text[0]], "fill": "toself", "opacity": 0.6,
+                     "hovertemplate": f"{name}<br>%{{theta}}: %{{text}}<br>relative %{{r:.2f}}<extra></extra>"})
+    return {"data": data, "layout": {
+        "title": {"text": "Summary metrics (each axis: 1 = best of the compared runs, 0 = worst)"},
+        "polar": {"radialaxis": {"range": [0, 1.05], "tickvals": [0, 0.5, 1],
+                                 "title": {"text": "relative score"}},
+                  "angularaxis": {"direction": "clockwise"}},
+        "showlegend": True, "legend": {"orientation": "h", "x": 0.5, "xanchor": "center", "y": -0.12},
+        "margin": {"l": 90, "r": 90, "t": 70, "b": 40}, "hovermode": "closest"}}
+
+
+def selection_scatter(key: str, probe: str, points: list[tuple[str, int, float, float]],
+                      rho: float | None, tau: float | None) -> dict[str, Any]:
+    """A label-free metric (x) against probe accuracy (y) over checkpoints: one trace per run (≤ 12 runs,
+    joined in step order) or one trace coloured by step (more runs). Title: Spearman ρ and Kendall τ-b."""
+    runs: dict[str, list[tuple[int, float, float]]] = {}
+    for run, step, x, y in points:
+        runs.setdefault(run, []).append((step, x, y))
+    fmt = "%{y:.2%}" if is_fraction(probe) else "%{y:.4g}"
+    hover = f"step %{{customdata}}<br>{key} %{{x:.4g}}<br>{probe} {fmt}"
+    if len(runs) <= 12:
+        data = [{"type": "scatter", "mode": "lines+markers", "name": run, "line": {"width": 1, "dash": "dot"},
+                 "x": [p[1] for p in sorted(pts)], "y": [p[2] for p in sorted(pts)],
+                 "customdata": [p[0] for p in sorted(pts)], "hovertemplate": f"{run}<br>{hover}<extra></extra>"}
+                for run, pts in runs.items()]
+    else:
+        data = [{"type": "scatter", "mode": "markers", "name": "checkpoints", "x": [p[2] for p in points],
+                 "y": [p[3] for p in points], "customdata": [p[1] for p in points], "text": [p[0] for p in points],
+                 "marker": {"color": [p[1] for p in points], "colorscale": "Viridis", "showscale": True,
+                            "colorbar": {"title": {"text": "step"}}},
+                 "hovertemplate": f"%{{text}}<br>{hover}<extra></extra>"}]
+    stats = ", ".join([f"Spearman ρ = {_num(rho)}", f"Kendall τ-b = {_num(tau)}", f"n = {len(points)}"])
+    yaxis = {"tickformat": ".0%"} if is_fraction(probe) else {}
+    y_title = f"{metric_label(probe)} (%)" if is_fraction(probe) else metric_label(probe)
+    return {"data": data, "layout": _layout(f"{metric_label(key)} vs {metric_label(probe)}<br><sup>{stats}</sup>",
+                                            f"{metric_label(key)} (label-free)", y_title, yaxis=yaxis,
+                                            hovermode="closest")}
+
+
+def _num(x: float | None) -> str:
+    return "undefined" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"

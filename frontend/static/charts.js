@@ -1,25 +1,67 @@
-// Draws every [data-figure] element with Plotly, themed for light or dark; polls live status.
-const dark = window.matchMedia("(prefers-color-scheme: dark)").matches;
+// Draws every [data-figure] element with Plotly, themed for light or dark; polls an evaluation's live status.
+// Figure JSON is built in Python (backend/figures.py); this module only themes and draws it.
+const scheme = window.matchMedia("(prefers-color-scheme: dark)");
 
-function themed(layout) {
-  const fg = dark ? "#e6e6e6" : "#1d1d1f";
-  const grid = dark ? "#3a3a3c" : "#e5e5ea";
-  return {
+function colors() {
+  const dark = scheme.matches;
+  return { fg: dark ? "#e6e6e6" : "#1d1d1f", grid: dark ? "#3a3a3c" : "#e5e5ea" };
+}
+
+export function themed(layout) {
+  const { fg, grid } = colors();
+  const out = {
     ...layout,
     paper_bgcolor: "rgba(0,0,0,0)",
     plot_bgcolor: "rgba(0,0,0,0)",
     font: { color: fg },
-    xaxis: { gridcolor: grid, ...(layout.xaxis || {}) },
-    yaxis: { gridcolor: grid, ...(layout.yaxis || {}) },
+    legend: { bgcolor: "rgba(0,0,0,0)", ...(layout.legend || {}) },
+    hoverlabel: { namelength: -1, ...(layout.hoverlabel || {}) },
+    uirevision: layout.uirevision ?? "keep", // live redraws keep the user's zoom and hidden traces
   };
+  if (layout.polar) {
+    out.polar = {
+      bgcolor: "rgba(0,0,0,0)",
+      ...layout.polar,
+      radialaxis: { gridcolor: grid, linecolor: grid, ...(layout.polar.radialaxis || {}) },
+      angularaxis: { gridcolor: grid, linecolor: grid, ...(layout.polar.angularaxis || {}) },
+    };
+  } else {
+    out.xaxis = { gridcolor: grid, ...(layout.xaxis || {}) };
+    out.yaxis = { gridcolor: grid, ...(layout.yaxis || {}) };
+  }
+  return out;
+}
+
+const CONFIG = { responsive: true, displaylogo: false };
+
+export function drawFigure(el, fig) {
+  el._figure = fig;
+  const closed = el.closest("details:not([open])");
+  if (closed) {  // Plotly cannot size a hidden element: draw when the section opens
+    el.dataset.pending = "1";
+    return;
+  }
+  delete el.dataset.pending;
+  window.Plotly.react(el, fig.data, themed(fig.layout), CONFIG);
 }
 
 export function drawAll(root = document) {
   for (const el of root.querySelectorAll("[data-figure]")) {
-    const fig = JSON.parse(el.dataset.figure);
-    window.Plotly.newPlot(el, fig.data, themed(fig.layout), { responsive: true, displaylogo: false });
+    drawFigure(el, JSON.parse(el.dataset.figure));
   }
 }
+
+document.addEventListener("toggle", (event) => {
+  const details = event.target;
+  if (!(details instanceof HTMLDetailsElement) || !details.open) return;
+  for (const el of details.querySelectorAll("[data-pending]")) drawFigure(el, el._figure);
+}, true);
+
+scheme.addEventListener("change", () => {
+  for (const el of document.querySelectorAll(".js-plotly-plot")) {
+    if (el._figure) window.Plotly.relayout(el, themed(el._figure.layout));
+  }
+});
 
 async function pollEvaluation(box) {
   const id = box.dataset.evaluation;
@@ -35,7 +77,7 @@ async function pollEvaluation(box) {
         status.textContent = ev.status;
         status.className = `status ${ev.status}`;
         if (["succeeded", "failed", "cancelled"].includes(ev.status)) {
-          window.location.reload();
+          window.location.reload();  // once, when finished: the results, charts and variant appear
           return;
         }
       }
@@ -48,7 +90,6 @@ async function pollEvaluation(box) {
 }
 
 drawAll();
+document.documentElement.dataset.chartsReady = "1";
 const box = document.querySelector("[data-poll]");
 if (box) pollEvaluation(box);
-const refresh = document.querySelector("[data-refresh]");
-if (refresh) setTimeout(() => window.location.reload(), Number(refresh.dataset.refresh) * 1000);

@@ -1,9 +1,19 @@
-"""The dashboard in a real browser: Playwright drives the system Chromium against `repscope serve`."""
+"""The dashboard in a real browser: Playwright drives the system Chromium against one live `repscope serve`.
+
+One instance serves the whole module (starting it is the slow part); each test uses its own project. Order
+matters a little: the worker is a single FIFO consumer, so the quick spectrum-only tests run before the demo
+project (whose probes take longest) is seeded. Screenshots of every page go to tests/artifacts/.
+"""
 
 from __future__ import annotations
 
+import base64
+import csv
+import io
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +27,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1280, "height": 900}
 
 pytestmark = pytest.mark.integration
 
@@ -29,6 +40,7 @@ def browser():
         pytest.skip("system Chromium not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
+    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
@@ -36,37 +48,63 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory):
-    """A live embedded instance with one run logged at three steps, all evaluated."""
+def instance(tmp_path_factory):
+    """A live embedded instance (API + one worker), shared by the module."""
     tmp = tmp_path_factory.mktemp("browser")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     serve = start_serve(base_env(tmp / "data", url), port, tmp / "data", tmp)
     try:
         wait_healthy(url, serve.proc, timeout=90)
-        run = repscope.Client(url).run(project="browser-demo", name="simclr-lr0.3", tags=["baseline"])
-        expected = {}
-        for step, decay in ((1000, 0.5), (2000, 0.8), (3000, 0.95)):
-            z = structured_embeddings(400, 32, seed=step, decay=decay)
-            run.log_embeddings(step=step, embeddings=z, labels=np.arange(400) % 4)
-            expected[step] = rankme_numpy(z)
-        finished = run.wait(timeout=120)
-        yield url, run, expected, finished
+        yield url
     finally:
         serve.stop()
         print(serve.log_tail())
 
 
+@pytest.fixture(scope="module")
+def seeded(instance):
+    """One run logged at three steps, all evaluated."""
+    url = instance
+    run = repscope.Client(url).run(project="browser-demo", name="simclr-lr0.3", tags=["baseline"])
+    expected = {}
+    for step, decay in ((1000, 0.5), (2000, 0.8), (3000, 0.95)):
+        z = structured_embeddings(400, 32, seed=step, decay=decay)
+        run.log_embeddings(step=step, embeddings=z, labels=np.arange(400) % 4)
+        expected[step] = rankme_numpy(z)
+    finished = run.wait(timeout=180)
+    return url, run, expected, finished
+
+
+@pytest.fixture(scope="module")
+def demo(instance):
+    """The demo project of repscope.demo, small enough for a test: 3 runs x 2 steps, spectrum + probes."""
+    from repscope.demo import seed_demo
+
+    summary = seed_demo(instance, runs=3, steps=2, n=240, dim=32, classes=4, seed=0, timeout=300)
+    return instance, summary
+
+
+def plot_data(page, selector: str) -> dict:
+    """The traces and layout Plotly drew in an element (read from the DOM element, as Plotly stores them)."""
+    return page.evaluate("(sel) => { const el = document.querySelector(sel); return {title: el.layout.title.text, "
+                         "traces: el.data.map(t => ({name: t.name, type: t.type, x: t.x, y: t.y, r: t.r}))}; }",
+                         selector)
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
 def test_navigate_to_rankme_chart(browser, seeded):
     url, run, expected, finished = seeded
-    ARTIFACTS.mkdir(exist_ok=True)
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page(viewport=VIEWPORT)
     page.goto(url + "/")
-    page.screenshot(path=str(ARTIFACTS / "projects.png"), full_page=True)
+    shot(page, "projects")
     page.click("text=browser-demo")
     page.wait_for_selector("#runs")
     assert page.locator("#runs tbody tr").count() == 1
-    page.screenshot(path=str(ARTIFACTS / "project.png"), full_page=True)
+    shot(page, "project")
     page.click("text=simclr-lr0.3")
     page.wait_for_selector(".plot .main-svg")
     trace = page.evaluate("() => { const el = document.querySelector('.plot'); "
@@ -75,7 +113,7 @@ def test_navigate_to_rankme_chart(browser, seeded):
     np.testing.assert_allclose(trace["y"], [expected[s] for s in sorted(expected)], rtol=1e-6)
     assert "RankMe" in trace["title"]
     assert page.locator("#artifacts tbody tr").count() == 3
-    page.screenshot(path=str(ARTIFACTS / "run.png"), full_page=True)
+    shot(page, "run")
 
     page.click("#artifacts tbody tr >> nth=0 >> a.status")
     page.wait_for_selector(".plot .main-svg")
@@ -86,32 +124,198 @@ def test_navigate_to_rankme_chart(browser, seeded):
     assert spectrum == {"n": len(positive), "type": "log"} and len(positive) >= 20
     assert page.locator("#status-text").inner_text() == "succeeded"
     assert page.locator("#metrics").inner_text().count("rankme") >= 1
-    page.screenshot(path=str(ARTIFACTS / "evaluation.png"), full_page=True)
+    shot(page, "evaluation")
     page.close()
 
 
-def test_failed_evaluation_page_shows_error(browser, tmp_path_factory):
-    """A failing evaluation shows its status and readable error (suite missing on the worker)."""
-    # Exercised through the API contract: a worker PATCHes status=failed; the page must show the error.
-    tmp = tmp_path_factory.mktemp("failpage")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve = start_serve(base_env(tmp / "data", url), port, tmp / "data", tmp)
-    try:
-        wait_healthy(url, serve.proc, timeout=90)
-        client = repscope.Client(url)
-        run = client.run(project="browser-fail", name="r")
-        # a 1-row matrix is valid input; claim it before the worker does and fail it by hand
-        ids = run.log_embeddings(step=1, embeddings=np.ones((3, 2), dtype=np.float32))
-        claimed = client.claim(ids[0], "test-harness")
-        if claimed is not None:
-            client.report(ids[0], status="failed", error="RuntimeError: CUDA out of memory (test)")
-        ev = client.wait(ids, raise_on_failure=False, timeout=60)[0]
-        page = browser.new_page()
-        page.goto(f"{url}/evaluations/{ids[0]}")
-        assert page.locator("#status-text").inner_text() == ev.status
-        if ev.status == "failed":
-            assert "CUDA out of memory" in page.locator("#error").inner_text()
-        page.close()
-    finally:
-        serve.stop()
+def test_failed_evaluation_page_shows_error(browser, instance):
+    """A failing evaluation shows its status and readable error, on its page and on the jobs page."""
+    url = instance
+    client = repscope.Client(url)
+    run = client.run(project="browser-fail", name="r")
+    # a tiny matrix is valid input; claim it before the worker does and fail it by hand
+    ids = run.log_embeddings(step=1, embeddings=np.ones((3, 2), dtype=np.float32))
+    claimed = client.claim(ids[0], "test-harness")
+    if claimed is not None:
+        client.report(ids[0], status="failed", error="RuntimeError: CUDA out of memory (test)")
+    ev = client.wait(ids, raise_on_failure=False, timeout=60)[0]
+    page = browser.new_page()
+    page.goto(f"{url}/evaluations/{ids[0]}")
+    assert page.locator("#status-text").inner_text() == ev.status
+    if ev.status == "failed":
+        assert "CUDA out of memory" in page.locator("#error").inner_text()
+        page.goto(f"{url}/jobs")
+        assert "CUDA out of memory" in page.locator("#jobs-failed").inner_text()
+    page.close()
+
+
+def test_run_page_updates_live_without_reload(browser, instance):
+    """Queued work appears, progresses and lands on the chart while the page stays loaded."""
+    url = instance
+    run = repscope.Client(url).run(project="browser-live", name="live")
+    z0 = structured_embeddings(300, 24, seed=1, decay=0.6)
+    run.log_embeddings(step=10, embeddings=z0)
+    run.wait(timeout=120)
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(f"{url}/runs/{run.id}")
+    page.wait_for_selector("#run-charts .plot .main-svg")
+    page.evaluate("() => { window.__notReloaded = true; }")
+    z1 = structured_embeddings(300, 24, seed=2, decay=0.9)
+    ids = run.log_embeddings(step=20, embeddings=z1)
+    page.wait_for_selector(f'[data-evaluation-id="{ids[0]}"]', timeout=20_000)  # the new row, live
+    page.wait_for_selector(f'[data-evaluation-id="{ids[0]}"].succeeded', timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#run-charts .plot').data[0].x.length === 2",
+                           timeout=20_000)
+    assert page.evaluate("() => window.__notReloaded") is True
+    trace = plot_data(page, "#run-charts .plot")["traces"][0]
+    assert trace["x"] == [10, 20]
+    np.testing.assert_allclose(trace["y"], [rankme_numpy(z0), rankme_numpy(z1)], rtol=1e-6)
+    page.close()
+
+
+def test_upload_page_drag_and_drop_with_progress(browser, instance):
+    url = instance
+    z = structured_embeddings(3000, 128, seed=5, decay=0.97)
+    buf = io.BytesIO()
+    np.save(buf, z)
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(f"{url}/upload")
+    page.wait_for_function("() => Number(document.getElementById('upload-form').dataset.datasets) > 0")
+    assert page.locator("#dataset-options option").count() >= 1  # from GET /api/v1/datasets
+    page.fill("#project", "browser-upload")
+    page.fill("#run", "dropped")
+    page.fill("#step", "1500")
+    page.check('input[name="suites"][value="spectrum"]')
+    page.evaluate("""([b64, name]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], name, {type: "application/octet-stream"}));
+        const zone = document.getElementById("drop");
+        zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+        zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", [base64.b64encode(buf.getvalue()).decode(), "emb_step1500.npy"])
+    assert "emb_step1500.npy" in page.locator("#drop-text").inner_text()
+    page.check('input[name="kind"][value="checkpoint"]')
+    assert page.locator("#checkpoint-fields").is_visible()  # arch / pool / output / views
+    page.check('input[name="kind"][value="embeddings"]')
+    shot(page, "upload")
+    page.click("#upload-button")
+    page.wait_for_url(re.compile(r".*/evaluations/\d+$"), timeout=30_000)
+    progress = page.evaluate("() => JSON.parse(sessionStorage.getItem('repscope-upload'))")
+    assert progress["loaded"] == progress["total"] >= len(buf.getvalue()) and progress["events"] >= 1
+    page.wait_for_selector("#metrics", timeout=120_000)  # the page reloads once, when the evaluation finished
+    page.wait_for_selector(".plot .main-svg")
+    assert page.locator("#status-text").inner_text() == "succeeded"
+    shown = float(page.locator('#metrics tr:has(td:text-is("rankme")) td.num').inner_text())
+    assert shown == pytest.approx(rankme_numpy(z), rel=1e-5)
+    shot(page, "evaluation-uploaded")
+    page.close()
+
+
+def test_demo_project_compare_leaderboard_and_selection(browser, demo):
+    stats = pytest.importorskip("scipy.stats")
+    url, summary = demo
+    names = [r["name"] for r in summary["runs"]]
+    last = {name: summary["linear_top1"][name][-1][1] for name in names}
+    rank_last = {name: summary["rankme"][name][-1][1] for name in names}
+    assert all(len(summary["linear_top1"][n]) == 2 for n in names)  # real probe results at both steps
+
+    page = browser.new_page(viewport=VIEWPORT)
+    page.goto(url + "/")
+    assert page.locator("#projects").inner_text().count("demo") >= 1
+    page.click('#projects a:text-is("demo")')
+    page.wait_for_selector("#runs")
+    # sort by the latest linear probe accuracy: click the column header (server-side, SQL)
+    page.click('#runs th[data-sort-key="linear_top1"] a')
+    page.wait_for_selector('#runs th[data-sort-key="linear_top1"].sorted')
+    shown = page.locator("#runs tbody td:nth-child(2)").all_inner_texts()
+    ids = {r["name"]: r["id"] for r in summary["runs"]}
+    assert shown == sorted(names, key=lambda n: (-last[n], -ids[n]))  # ties: newest run first
+    shot(page, "demo-project")
+
+    # pick every run for comparison
+    assert page.locator("#compare-button").is_disabled()
+    for checkbox in page.locator('#runs input[name="run"]').all():
+        checkbox.check()
+    assert page.locator("#compare-button").is_enabled()
+    page.click("#compare-button")
+    page.wait_for_selector("#radar .main-svg")
+    curves = plot_data(page, "#curves .plot")
+    assert curves["title"].startswith("RankMe")
+    by_name = {t["name"]: t for t in curves["traces"]}
+    assert set(by_name) == set(shown)
+    for name in names:
+        assert by_name[name]["x"] == [s for s, _ in summary["rankme"][name]]
+        np.testing.assert_allclose(by_name[name]["y"], [v for _, v in summary["rankme"][name]])
+    spectra = plot_data(page, "#spectra")
+    assert len(spectra["traces"]) == 3 and all(t["y"][0] == 1.0 for t in spectra["traces"])
+    radar = plot_data(page, "#radar")
+    assert {t["type"] for t in radar["traces"]} == {"scatterpolar"} and len(radar["traces"]) == 3
+    rows = page.locator("#diff tbody tr")
+    visible_before = sum(r.is_visible() for r in rows.all())
+    page.check("#only-diff")
+    visible_after = sum(r.is_visible() for r in rows.all())
+    same = page.locator('#diff tbody tr[data-same="1"]').count()
+    assert same >= 1 and visible_after == visible_before - same  # e.g. config.batch_size and method are equal
+    shot(page, "compare")
+
+    # leaderboard of the demo dataset, sorted by RankMe, exported as CSV
+    page.goto(f"{url}/leaderboards/{summary['dataset']}?project=demo")
+    page.wait_for_selector("#leaderboard")
+    assert page.locator("#leaderboard tbody tr").count() == 3
+    page.click('#leaderboard th[data-sort-key="rankme"] a')
+    page.wait_for_selector('#leaderboard th[data-sort-key="rankme"].sorted')
+    order = page.locator("#leaderboard tbody td:nth-child(3)").all_inner_texts()
+    assert order == sorted(names, key=lambda n: -rank_last[n])
+    shot(page, "leaderboard")
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    table = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text())))
+    assert [r["run"] for r in table] == order
+    for row in table:
+        assert float(row["rankme"]) == pytest.approx(rank_last[row["run"]], rel=1e-12)
+        assert float(row["linear_top1"]) == pytest.approx(last[row["run"]], rel=1e-12)
+    borda = {r["run"]: float(r["borda"]) for r in table}
+    assert sum(borda.values()) == pytest.approx(3 * 3)  # 3 metrics x C(3, 2) pairs, each pair worth 1 point
+
+    # label-free selection: ρ and τ over the 6 checkpoints match scipy
+    page.goto(f"{url}/projects/demo/selection?probe=linear_top1")
+    page.wait_for_selector("#selection-charts .plot .main-svg")
+    xs = [v for n in names for _, v in summary["rankme"][n]]
+    ys = [v for n in names for _, v in summary["linear_top1"][n]]
+    row = page.locator('#agreement tr[data-key="rankme"]')
+    assert row.locator(".rho").inner_text() == f"{stats.spearmanr(xs, ys).statistic:.3f}"
+    assert row.locator(".tau").inner_text() == f"{stats.kendalltau(xs, ys).statistic:.3f}"
+    scatter = plot_data(page, "#selection-charts .plot")
+    assert "Spearman" in scatter["title"] and sum(len(t["x"]) for t in scatter["traces"]) == 6
+    shot(page, "selection")
+
+    # run page of a demo run: grouped charts over step, probes included
+    page.goto(f"{url}/runs/{summary['runs'][0]['id']}")
+    page.wait_for_selector("#run-charts .plot .main-svg")
+    titles = page.evaluate("() => [...document.querySelectorAll('#run-charts .plot')].map(e => e.layout.title.text)")
+    assert titles[0].startswith("Effective rank") and any(t.startswith("Linear probe accuracy") for t in titles)
+    assert any(t.startswith("k-NN accuracy") for t in titles)
+    shot(page, "demo-run")
+
+    for path, name, selector in (("/jobs", "jobs", "#workers"), ("/datasets", "datasets", "#datasets"),
+                                 ("/leaderboards", "leaderboards", "#boards")):
+        page.goto(url + path)
+        page.wait_for_selector(selector)
+        shot(page, name)
+    assert "cpu" in page.goto(url + "/jobs").text() and page.locator("#workers tbody tr").count() >= 1
+    assert page.locator("#jobs-queued").inner_text().count("Nothing queued") == 1
+    page.goto(url + "/datasets")
+    assert page.locator('#datasets tr[data-kind="builtin"]').count() >= 1
+    page.close()
+
+    # the same compare page in dark mode
+    dark = browser.new_page(viewport=VIEWPORT, color_scheme="dark")
+    ids = "&".join(f"run={r['id']}" for r in summary["runs"])
+    dark.goto(f"{url}/compare?{ids}")
+    dark.wait_for_selector("#radar .main-svg")
+    time.sleep(0.3)
+    font = dark.evaluate("() => document.querySelector('#curves .plot')._fullLayout.font.color")
+    assert font == "#e6e6e6"
+    shot(dark, "compare-dark")
+    dark.close()

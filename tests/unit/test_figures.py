@@ -60,3 +60,90 @@ def test_missing_figure_data_gives_no_chart():
     assert figures.alpha_req_fit({}) is None
     assert figures.matryoshka({"dims": [64]}) is None
     assert figures.spectrum_charts({}) == []
+
+
+# --- dashboard charts ---------------------------------------------------------------------------------------
+
+def _series(key: str, points: list[tuple[int, float]]) -> MetricSeries:
+    return MetricSeries(run_id=1, key=key, points=[MetricPoint(step=s, value=v, evaluation_id=i)
+                                                   for i, (s, v) in enumerate(points)])
+
+
+def assert_readable(fig: dict) -> None:
+    """Every chart: a title, axis titles (or a polar radial title), and a hover template on every trace."""
+    layout = fig["layout"]
+    assert layout["title"]["text"].strip()
+    if "polar" in layout:
+        assert layout["polar"]["radialaxis"]["title"]["text"].strip()
+    else:
+        assert layout["xaxis"]["title"]["text"].strip() and layout["yaxis"]["title"]["text"].strip()
+    for trace in fig["data"]:
+        assert trace.get("hovertemplate") or trace.get("hoverinfo") == "skip"
+    json.dumps(fig)
+
+
+def test_run_charts_group_every_key():
+    keys = {"rankme": [(1, 3.0), (2, 5.0)], "nesum": [(1, 2.0)], "linear_top1": [(1, 0.5)], "linear_top5": [(1, 0.9)],
+            "knn200_top1": [(1, 0.3)], "knn20_top1": [(1, 0.4)], "openset_auroc_msp": [(1, 0.7)],
+            "openset_fpr95_msp": [(1, 0.6)], "condition": [(1, 0.01)], "backdoor_risk": [(2, 0.2)],
+            "equi_mrr_mean": [(2, 0.4)], "linear_best_c": [(1, 10.0)], "new_metric": [(1, 1.0)],
+            "rankme@d16": [(1, 1.5)], "rankme@d64": [(1, 2.5)], "nesum@d16": [(1, 1.0)]}
+    charts, nested = figures.run_charts({k: _series(k, v) for k, v in keys.items()})
+    by_title = {c["layout"]["title"]["text"]: c for c in charts}
+    rank = charts[0]
+    assert [t["name"] for t in rank["data"]] == ["RankMe (effective rank)", "NESum"]
+    assert rank["data"][0]["x"] == [1, 2] and rank["data"][0]["y"] == [3.0, 5.0]
+    knn = by_title["k-NN accuracy over training"]
+    assert [t["name"] for t in knn["data"]] == ["20-NN top-1", "200-NN top-1"]
+    assert knn["layout"]["yaxis"]["tickformat"] == ".0%" and "%{y:.2%}" in knn["data"][0]["hovertemplate"]
+    assert by_title["Inverse condition number over training"]["layout"]["yaxis"]["type"] == "log"
+    assert "new_metric over training" in by_title
+    drawn = sorted(t["hovertemplate"].split("<br>")[0] for c in charts for t in c["data"])
+    assert len(drawn) == len(keys) - 3  # every non-nested key drawn exactly once
+    assert [c["layout"]["title"]["text"].split(" of nested")[0] for c in nested] == ["RankMe (effective rank)", "NESum"]
+    assert [t["name"] for t in nested[0]["data"]] == ["full D", "d = 64", "d = 16"]
+    for c in charts + nested:
+        assert_readable(c)
+        assert c["layout"]["xaxis"]["title"]["text"] == "training step"
+
+
+def test_overlaid_spectra_normalise_by_the_top_singular_value():
+    fig = figures.overlaid_spectra([("a", 10, [4.0, 2.0, 1.0, 0.0]), ("b", 20, [10.0, 1.0])])
+    assert [t["name"] for t in fig["data"]] == ["a (step 10)", "b (step 20)"]
+    assert fig["data"][0]["y"] == [1.0, 0.5, 0.25] and fig["data"][0]["customdata"] == [4.0, 2.0, 1.0]
+    assert fig["layout"]["yaxis"]["type"] == "log"
+    assert_readable(fig)
+
+
+def test_radar_scales_each_axis_by_direction():
+    from backend.services.leaderboards import score
+
+    runs = [("a", {"rankme": 10.0, "uniformity": -3.0, "alpha_req": 1.5, "linear_top1": None}),
+            ("b", {"rankme": 20.0, "uniformity": -1.0, "alpha_req": 0.9, "linear_top1": 0.5}),
+            ("c", {"rankme": 15.0, "uniformity": -2.0, "alpha_req": 1.0, "linear_top1": 0.5})]
+    fig = figures.radar(runs, ["rankme", "uniformity", "alpha_req", "linear_top1", "absent"], score)
+    r = {t["name"]: t["r"][:-1] for t in fig["data"]}
+    assert r["a"] == [0.0, 1.0, 0.0, 0.0] and r["b"] == [1.0, 0.0, 0.8, 1.0] and r["c"] == [0.5, 0.5, 1.0, 1.0]
+    assert fig["data"][0]["text"][3] == "missing" and fig["data"][0]["theta"][0] == fig["data"][0]["theta"][-1]
+    assert_readable(fig)
+    assert figures.radar(runs, ["rankme", "uniformity"], score) is None  # fewer than 3 axes
+
+
+def test_selection_scatter_reports_rank_correlations():
+    points = [("a", 1, 1.0, 0.1), ("a", 2, 2.0, 0.3), ("b", 1, 1.5, 0.2)]
+    fig = figures.selection_scatter("rankme", "linear_top1", points, 0.5, 1 / 3)
+    assert "Spearman ρ = 0.500" in fig["layout"]["title"]["text"] and "Kendall τ-b = 0.333" in fig["layout"]["title"]["text"]
+    assert [t["name"] for t in fig["data"]] == ["a", "b"] and fig["data"][0]["customdata"] == [1, 2]
+    assert fig["layout"]["yaxis"]["tickformat"] == ".0%"
+    assert_readable(fig)
+    many = [(f"r{i}", s, float(i), 0.5) for i in range(20) for s in (1, 2)]
+    fig = figures.selection_scatter("rankme", "linear_top1", many, None, None)
+    assert len(fig["data"]) == 1 and len(fig["data"][0]["x"]) == 40 and "undefined" in fig["layout"]["title"]["text"]
+    assert_readable(fig)
+
+
+def test_existing_charts_are_readable():
+    result = spectrum_result().to_json()
+    for chart in figures.spectrum_charts(result["figures"]):
+        assert_readable(chart)
+    assert_readable(figures.metric_over_step([("r", _series("linear_top1", [(1, 0.5)]))], "linear_top1"))

@@ -1,0 +1,284 @@
+"""Leaderboards per dataset: one row per run, any metric columns, Borda rank across the chosen metrics.
+
+Metric direction (which value is better) is defined once here and used by leaderboards, the runs table's
+default sort order, the compare page's radar chart and the label-free selection view:
+
+* higher is better: every key not listed below (RankMe and the other effective ranks, ``condition`` —
+  which is the *inverse* condition number σ_min/σ_max ∈ [0, 1] —, ``collapse_std``, probe accuracies,
+  open-set AUROC, equivariance scores, …);
+* lower is better: ``LOWER_IS_BETTER`` (the uniformity loss, open-set FPR at 95 % TPR, backdoor risk);
+* closest to a target is better: ``TARGET_IS_BEST`` (α-ReQ, whose optimum is α ≈ 1, Agrawal et al. 2022);
+* no direction: ``NO_DIRECTION`` (what a suite reports about itself: the probe's chosen C, the α-ReQ fit's
+  R²) — shown
+  and sortable, but never counted in a Borda rank or drawn on a radar chart.
+
+Nested-prefix keys ``{key}@d{k}`` take the direction of ``{key}``. Patterns use shell wildcards (fnmatch).
+
+Borda rank (as MTEB's leaderboard): for each chosen metric, a run earns one point for every other run it
+beats on that metric; the Borda score is the sum over metrics, and rank 1 is the largest score.
+  * a tie (equal values) earns half a point to each of the two runs;
+  * a run with a value beats every run without one (a missing value is last); two missing values earn
+    nothing;
+  * metrics without a direction are not counted.
+Equal Borda scores share a rank ("1224" competition ranking); rows are then listed by run name.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import io
+import math
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from fnmatch import fnmatchcase
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.models import Artifact, Evaluation, Metric, Project, Run
+
+LOWER_IS_BETTER: frozenset[str] = frozenset({"uniformity", "openset_fpr95_*", "backdoor_risk"})
+TARGET_IS_BEST: dict[str, float] = {"alpha_req": 1.0}
+NO_DIRECTION: frozenset[str] = frozenset({"linear_best_c", "alpha_req_r2"})
+NO_DATASET = "-"  # leaderboard of embeddings uploaded without a dataset name
+DEFAULT_COLUMNS = ("rankme", "linear_top1", "knn20_top1")
+MAX_METRICS = 50
+
+Direction = Literal["higher", "lower", "target", "none"]
+Pick = Literal["best", "last"]
+_NESTED = re.compile(r"@d\d+$")
+
+
+def base_key(key: str) -> str:
+    """'rankme@d64' -> 'rankme' (nested prefixes share their metric's direction)."""
+    return _NESTED.sub("", key)
+
+
+def direction(key: str) -> Direction:
+    k = base_key(key)
+    if k in TARGET_IS_BEST:
+        return "target"
+    if any(fnmatchcase(k, p) for p in NO_DIRECTION):
+        return "none"
+    if any(fnmatchcase(k, p) for p in LOWER_IS_BETTER):
+        return "lower"
+    return "higher"
+
+
+def score(key: str, value: float | None) -> float | None:
+    """The value mapped so that larger is always better (None when missing or the key has no direction)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    d = direction(key)
+    if d == "higher":
+        return value
+    if d == "lower":
+        return -value
+    if d == "target":
+        return -abs(value - TARGET_IS_BEST[base_key(key)])
+    return None
+
+
+def directions_table() -> list[dict[str, str]]:
+    """The direction rules, for the API and the pages (documentation that cannot drift from the code)."""
+    rows = [{"pattern": p, "direction": "lower is better"} for p in sorted(LOWER_IS_BETTER)]
+    rows += [{"pattern": k, "direction": f"closest to {t:g} is better"} for k, t in sorted(TARGET_IS_BEST.items())]
+    rows += [{"pattern": p, "direction": "no direction (not ranked)"} for p in sorted(NO_DIRECTION)]
+    rows.append({"pattern": "everything else", "direction": "higher is better"})
+    return rows
+
+
+# --- Borda ------------------------------------------------------------------------------------------------
+
+def borda_points(values: list[float | None], key: str) -> list[float]:
+    """Points per entry for one metric: runs beaten (+0.5 per tie; a value beats a missing value)."""
+    scores = [score(key, v) for v in values]
+    if direction(key) == "none":
+        return [0.0] * len(values)
+    present = sorted(s for s in scores if s is not None)
+    n_missing = len(scores) - len(present)
+    out = []
+    for s in scores:
+        if s is None:
+            out.append(0.0)
+            continue
+        below = bisect.bisect_left(present, s)
+        equal = bisect.bisect_right(present, s) - below - 1  # other runs with the same value
+        out.append(below + 0.5 * equal + n_missing)
+    return out
+
+
+def competition_ranks(scores: list[float]) -> list[int]:
+    """1 + the number of strictly larger scores ("1224")."""
+    ordered = sorted(scores, reverse=True)
+    first = {}
+    for i, s in enumerate(ordered):
+        first.setdefault(s, i + 1)
+    return [first[s] for s in scores]
+
+
+# --- the leaderboard -------------------------------------------------------------------------------------
+
+@dataclass
+class Row:
+    run_id: int
+    project: str
+    run: str
+    step: int
+    values: dict[str, float | None]
+    points: dict[str, float] = field(default_factory=dict)
+    borda: float = 0.0
+    rank: int = 0
+
+
+@dataclass
+class Leaderboard:
+    dataset: str
+    pick: str
+    by: str | None
+    metrics: list[str]
+    directions: dict[str, str]
+    sort: str
+    order: str
+    rows: list[Row]
+    available: list[str]
+    definition: str = ("Borda: per metric, a run earns one point per run it beats; a tie earns 0.5 to each; "
+                       "a value beats a missing value; metrics without a direction are not counted. "
+                       "Rank 1 = largest sum; equal sums share a rank.")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _dataset_filter(stmt, dataset: str):  # noqa: ANN001, ANN202
+    return stmt.where(Artifact.dataset.is_(None) if dataset == NO_DATASET else Artifact.dataset == dataset)
+
+
+def available_keys(session: Session, dataset: str, project: str | None = None) -> list[str]:
+    stmt = (select(Metric.key).join(Evaluation, Metric.evaluation_id == Evaluation.id)
+            .join(Artifact, Evaluation.artifact_id == Artifact.id).distinct())
+    stmt = _dataset_filter(stmt, dataset)
+    if project:
+        stmt = stmt.join(Run, Metric.run_id == Run.id).join(Project).where(Project.name == project)
+    return sorted(session.scalars(stmt))
+
+
+def default_metrics(available: list[str]) -> list[str]:
+    chosen = [k for k in DEFAULT_COLUMNS if k in available]
+    return chosen or [k for k in available if "@d" not in k][:3]
+
+
+def leaderboard(session: Session, dataset: str, metrics: list[str] | None = None, *, pick: Pick = "last",
+                by: str | None = None, sort: str | None = None, order: str | None = None,
+                project: str | None = None) -> Leaderboard:
+    """One row per run that has at least one of the chosen metrics on `dataset`.
+
+    pick='last': the run's largest step having any of the chosen metrics. pick='best': the step where the
+    `by` metric (default: the first chosen metric with a direction) is best for that run, the earliest such
+    step on ties; a run without a value of `by` falls back to its last step. Every value of a row comes
+    from that one step (one checkpoint), so missing values are possible (e.g. probes still running).
+    """
+    available = available_keys(session, dataset, project)
+    metrics = list(dict.fromkeys(metrics or default_metrics(available)))[:MAX_METRICS]
+    if by is None or by not in metrics:
+        by = next((m for m in metrics if direction(m) != "none"), metrics[0] if metrics else None)
+    stmt = (select(Metric.run_id, Metric.step, Metric.key, Metric.value, Metric.evaluation_id)
+            .join(Evaluation, Metric.evaluation_id == Evaluation.id)
+            .join(Artifact, Evaluation.artifact_id == Artifact.id)
+            .where(Metric.key.in_(metrics)))
+    stmt = _dataset_filter(stmt, dataset)
+    if project:
+        stmt = stmt.join(Run, Metric.run_id == Run.id).join(Project).where(Project.name == project)
+    # run -> step -> key -> (evaluation id, value); the newest evaluation wins at equal (run, step, key)
+    table: dict[int, dict[int, dict[str, tuple[int, float]]]] = defaultdict(lambda: defaultdict(dict))
+    for run_id, step, key, value, eid in session.execute(stmt):
+        cell = table[run_id][step]
+        if key not in cell or cell[key][0] < eid:
+            cell[key] = (eid, value)
+    names = {rid: (pname, rname) for rid, rname, pname in session.execute(
+        select(Run.id, Run.name, Project.name).join(Project).where(Run.id.in_(list(table))))} if table else {}
+
+    rows = []
+    for run_id, steps in table.items():
+        step = _pick_step(steps, pick, by)
+        values = {m: (steps[step][m][1] if m in steps[step] else None) for m in metrics}
+        project_name, run_name = names[run_id]
+        rows.append(Row(run_id=run_id, project=project_name, run=run_name, step=step, values=values))
+    for m in metrics:
+        pts = borda_points([r.values[m] for r in rows], m)
+        for r, p in zip(rows, pts, strict=True):
+            r.points[m] = p
+    for r in rows:
+        r.borda = sum(r.points.values())
+    for r, rank in zip(rows, competition_ranks([r.borda for r in rows]), strict=True):
+        r.rank = rank
+    sort = sort if sort in ({"borda", "rank", "run", "step", "project"} | set(metrics)) else "borda"
+    order = order if order in ("asc", "desc") else _default_order(sort)
+    rows = sort_rows(rows, sort, order)
+    return Leaderboard(dataset=dataset, pick=pick, by=by, metrics=metrics,
+                       directions={m: direction(m) for m in metrics}, sort=sort, order=order, rows=rows,
+                       available=[k for k in available if "@d" not in k])
+
+
+def _pick_step(steps: dict[int, dict[str, tuple[int, float]]], pick: str, by: str | None) -> int:
+    last = max(steps)
+    if pick != "best" or by is None:
+        return last
+    candidates = [(score(by, cell[by][1]), step) for step, cell in steps.items() if by in cell]
+    candidates = [(s, step) for s, step in candidates if s is not None]
+    if not candidates:
+        return last
+    best = max(s for s, _ in candidates)
+    return min(step for s, step in candidates if s == best)
+
+
+def _default_order(sort: str) -> str:
+    """Best first: Borda and metric columns descending by score; rank ascending; names ascending."""
+    return "asc" if sort in ("rank", "run", "project") else "desc"
+
+
+def sort_rows(rows: list[Row], sort: str, order: str) -> list[Row]:
+    """Metric columns sort by score (direction-aware: 'desc' = best first); missing values always last."""
+    reverse = order == "desc"
+    by_name = sorted(rows, key=lambda r: (r.project, r.run, r.run_id))
+    if sort == "borda":
+        return sorted(by_name, key=lambda r: r.borda, reverse=reverse)
+    if sort == "rank":
+        return sorted(by_name, key=lambda r: r.rank, reverse=reverse)
+    if sort in ("run", "project"):
+        return sorted(by_name, key=lambda r: (getattr(r, sort), r.run_id), reverse=reverse)
+    if sort == "step":
+        return sorted(by_name, key=lambda r: r.step, reverse=reverse)
+    present = [r for r in by_name if r.values.get(sort) is not None]
+    missing = [r for r in by_name if r.values.get(sort) is None]
+    keyfn = ((lambda r: score(sort, r.values[sort])) if direction(sort) != "none"
+             else (lambda r: r.values[sort]))
+    return sorted(present, key=keyfn, reverse=reverse) + missing
+
+
+def to_csv(board: Leaderboard) -> str:
+    """rank, borda, project, run, run_id, step, then one column per metric (empty = missing), full precision."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["rank", "borda", "project", "run", "run_id", "step", *board.metrics])
+    for r in board.rows:
+        writer.writerow([r.rank, _fmt(r.borda), r.project, r.run, r.run_id, r.step,
+                         *("" if r.values[m] is None else repr(float(r.values[m])) for m in board.metrics)])
+    return out.getvalue()
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def leaderboard_index(session: Session) -> list[dict]:
+    """Datasets that have evaluated embeddings: name (NO_DATASET for unnamed), runs, artifacts."""
+    rows = session.execute(
+        select(Artifact.dataset, func.count(func.distinct(Artifact.run_id)), func.count(Artifact.id))
+        .where(Artifact.kind == "embeddings").group_by(Artifact.dataset)).all()
+    out = [{"dataset": ds if ds is not None else NO_DATASET, "runs": n_runs, "artifacts": n}
+           for ds, n_runs, n in rows]
+    return sorted(out, key=lambda d: (d["dataset"] == NO_DATASET, d["dataset"]))
