@@ -545,3 +545,12 @@ def test_cpu_blas_fast_path_equals_torch_path(monkeypatch):
     np.testing.assert_allclose(fast, plain, rtol=1e-12)
     np.testing.assert_allclose(fast_c, plain_c, rtol=1e-12)
     np.testing.assert_allclose(fast, np.linalg.svd(z, compute_uv=False), rtol=1e-10)
+
+
+def test_float64_memmap_chunks_are_not_overwritten_by_the_prefetch(tmp_path):
+    """Chunks are read into two reused buffers one step ahead; a float64 file needs no conversion, so a
+    chunk must be detached from its buffer before the next read lands in it."""
+    z = np.random.default_rng(5).standard_normal((997, 24)) + 1.0
+    np.save(tmp_path / "z.npy", z)
+    got = sp.gram_spectrum(np.load(tmp_path / "z.npy", mmap_mode="r"), device="cpu", chunk_rows=10)
+    np.testing.assert_allclose(got, np.linalg.svd(z, compute_uv=False), rtol=1e-10)

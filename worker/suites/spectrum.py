@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover
     _scipy_eigh = _dsyrk = None
 
 from .base import ProgressFn, SuiteResult, no_progress
-from .rows import read_rows, take_rows
+from .rows import prefetched, read_rows, take_rows
 
 # --- protocol constants -------------------------------------------------------------------------------
 
@@ -696,17 +696,35 @@ def _rows_to_tensor(data: np.ndarray | torch.Tensor, device: torch.device) -> to
 def _iter_chunks(
     embeddings: Any, rows: np.ndarray | None, device: torch.device, chunk_rows: int
 ) -> Iterator[torch.Tensor]:
-    """float64 chunks of at most `chunk_rows` rows on `device`; reads only those rows from a memmap."""
+    """float64 chunks of at most `chunk_rows` rows on `device`; reads only those rows from a memmap, the next
+    chunk while the current one is being computed on."""
     n = _shape(embeddings)[0] if rows is None else len(rows)
     step = max(1, int(chunk_rows))
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        if isinstance(embeddings, torch.Tensor):
+    bounds = [(a, min(n, a + step)) for a in range(0, n, step)]
+    if isinstance(embeddings, torch.Tensor):
+        for a, b in bounds:
             sel = slice(a, b) if rows is None else torch.as_tensor(rows[a:b], device=embeddings.device)
             x = embeddings[sel].detach().to(device=device, dtype=GRAM_DTYPE)
-        else:
-            # copy to RAM (pread for a memmap: RSS stays one chunk), send in the stored dtype, widen on the device
-            part = read_rows(embeddings, a, b) if rows is None else take_rows(embeddings, rows[a:b])
-            x = torch.from_numpy(_native(part)).to(device=device).to(GRAM_DTYPE)
+            _check_finite(x)
+            yield x
+        return
+    # Copy to RAM (pread for a memmap: RSS stays one chunk) into two reused buffers — page-locked when the
+    # device is a GPU, so the host-to-device copy runs at full speed — read one chunk ahead of the compute.
+    buffers = _read_buffers(embeddings, min(step, n), device)
+    reads = ((lambda a=a, b=b, buf=buffers[i % 2][: b - a]: read_rows(embeddings, a, b, buf)) if rows is None
+             else (lambda a=a, b=b, buf=buffers[i % 2][: b - a]: take_rows(embeddings, rows[a:b], buf))
+             for i, (a, b) in enumerate(bounds))
+    for part in prefetched(reads):
+        x = torch.from_numpy(_native(part)).to(device=device).to(GRAM_DTYPE)
+        if x.data_ptr() == torch.from_numpy(part).data_ptr():  # no conversion happened: detach from the buffer
+            x = x.clone()
         _check_finite(x)
         yield x
+
+
+def _read_buffers(embeddings: np.ndarray, rows: int, device: torch.device) -> list[np.ndarray]:
+    d, dtype = embeddings.shape[1], embeddings.dtype
+    if device.type == "cuda" and dtype in (np.float16, np.float32, np.float64) and dtype.isnative:
+        return [torch.empty((rows, d), dtype=getattr(torch, dtype.name), pin_memory=True).numpy()
+                for _ in range(2)]
+    return [np.empty((rows, d), dtype=dtype) for _ in range(2)]
