@@ -1,5 +1,10 @@
-"""`make bench`: every benchmark, each writing its section of benchmarks/RESULTS.md."""
+"""`make bench`: every CPU benchmark, each writing its section of benchmarks/RESULTS.md (GPU cases run too
+when CUDA is present; on a lent GPU machine use benchmarks/gpu_check.sh)."""
 
-from benchmarks import bench_spectrum
+import sys
 
-bench_spectrum.main([])
+from benchmarks import bench_embed, bench_equivariance, bench_probes, bench_spectrum
+
+for bench in (bench_spectrum, bench_probes, bench_embed, bench_equivariance):
+    print(f"== {bench.__name__}", flush=True)
+    bench.main(sys.argv[1:])

@@ -6,9 +6,9 @@ export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 OUT=${OUT:-/tmp/repscope-gpu}; mkdir -p "$OUT"
 nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/unit/test_spectrum.py tests/unit/test_probes.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/unit/test_spectrum.py tests/unit/test_probes.py \
   tests/unit/test_embed.py tests/unit/test_models.py 2>&1 | tail -25
-timeout 150 python3 -m benchmarks.bench_spectrum gpu
-timeout 200 python3 -m benchmarks.bench_probes gpu
-timeout 150 python3 -m benchmarks.bench_embed gpu
+timeout 100 python3 -m benchmarks.bench_spectrum gpu
+timeout 180 python3 -m benchmarks.bench_probes gpu
+timeout 120 python3 -m benchmarks.bench_embed gpu
 cp benchmarks/RESULTS.md "$OUT/"

@@ -81,3 +81,40 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
                  "queued_evaluations": [e.id for e in accepted.evaluations]},
         warnings=list(encoder.report.warnings),
     )
+
+
+def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,
+                   progress: ProgressFn) -> SuiteResult:
+    """Suites over the encoder itself and the dataset's images: equivariance, the backdoor encoder scan."""
+    import torch
+
+    from worker.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+    from worker.models.features import encode as forward
+    from worker.models.loading import load_encoder
+
+    params: dict[str, Any] = dict(claim.evaluation.params)
+    progress(0.01, "loading checkpoint")
+    encoder = load_encoder(checkpoint, fmt=claim.artifact.format, arch=params.get("arch"),
+                           pool=params.get("pool", "cls"), output=params.get("output", "backbone"), device=device)
+    progress(0.03, f"loading dataset {params['dataset']}")
+    dataset = fetch_dataset(params["dataset"], client, settings)
+    module = encoder.module.to(device).eval()
+
+    def encode(x01: torch.Tensor) -> torch.Tensor:
+        """float NCHW in [0, 1] on the device -> features, with the preprocessing the embed step uses."""
+        x = normalize(resize(x01, encoder.input_size), IMAGENET_MEAN, IMAGENET_STD)
+        return forward(module, x, pool=encoder.pool).float()
+
+    if claim.evaluation.suite == "equivariance":
+        from worker.suites.equivariance import run_equivariance
+
+        result = run_equivariance(encode, dataset.images, device=device, progress=progress)
+    elif claim.evaluation.suite == "backdoor":
+        from worker.suites.backdoor import scan_encoder
+
+        result = scan_encoder(encode, dataset.images, labels=dataset.labels, device=device, progress=progress)
+    else:
+        raise ValueError(f"suite {claim.evaluation.suite!r} does not run on an encoder")
+    result.variant.update({"checkpoint_format": encoder.fmt, "arch": encoder.arch, "dataset": params["dataset"],
+                           "preprocessing": "resize to the encoder's input size, ImageNet mean/std"})
+    return result

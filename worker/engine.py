@@ -15,8 +15,8 @@ from repscope.client import Client, RepscopeError
 from repscope.formats import load_embeddings
 from repscope.schemas import ClaimResponse, EvaluationResultIn
 from repscope.settings import Settings
-from repscope.suites import EMBED_STEP
-from worker.derive import run_embed
+from repscope.suites import CHECKPOINT_SUITES, EMBED_STEP
+from worker.derive import run_embed, run_on_encoder
 from worker.registry import SUITES
 from worker.suites.base import ProgressFn
 
@@ -117,7 +117,8 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
     suite = claim.evaluation.suite
     try:
         runner = SUITES.get(suite)
-        if runner is None and suite != EMBED_STEP:
+        on_encoder = claim.artifact.kind == "checkpoint" and suite in CHECKPOINT_SUITES
+        if runner is None and suite != EMBED_STEP and not on_encoder:
             raise ValueError(f"this worker cannot run suite {suite!r}; it has {sorted(SUITES)}")
         device = pick_device(settings.device)
         client.report(evaluation_id, worker=worker_name, progress=0.0,
@@ -127,6 +128,8 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
         progress = throttled_progress(client, evaluation_id, worker_name, settings.task_time_limit_s)
         if suite == EMBED_STEP:
             result = run_embed(claim, path, client, settings, device, progress)
+        elif on_encoder:
+            result = run_on_encoder(claim, path, client, settings, device, progress)
         else:
             # validated in full at upload; skip the second finite-value scan here
             arrays = load_embeddings(path, f"artifact.{claim.artifact.format}", check_finite=False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from repscope.formats import EmbeddingsArrays
 from worker.suites.base import ProgressFn, SuiteResult
 
@@ -33,4 +35,13 @@ def _probes(arrays: EmbeddingsArrays, params: dict[str, Any], device: str, progr
                       **params)
 
 
-SUITES: dict[str, SuiteRunner] = {"spectrum": _spectrum, "probes": _probes}
+def _backdoor_pool(arrays: EmbeddingsArrays, params: dict[str, Any], device: str,
+                   progress: ProgressFn) -> SuiteResult:
+    """The pool scan: which samples of a possibly poisoned unlabeled pool look planted (AUROC with `poison`)."""
+    from worker.suites.backdoor import scan_pool
+
+    return scan_pool(np.asarray(arrays.embeddings), poison=arrays.poison, device=device, progress=progress,
+                     **params)
+
+
+SUITES: dict[str, SuiteRunner] = {"spectrum": _spectrum, "probes": _probes, "backdoor": _backdoor_pool}

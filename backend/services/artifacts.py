@@ -17,7 +17,7 @@ from backend.services import NotFound
 from backend.storage import ArtifactStore, Received
 from repscope.formats import FormatError, inspect_embeddings
 from repscope.schemas import ArtifactRead, EvaluationBrief, Status
-from repscope.suites import EMBED_STEP, check_suites, default_suites
+from repscope.suites import EMBED_STEP, check_suites, default_suites, split_checkpoint_suites
 
 ARTIFACT_KINDS = ("embeddings", "checkpoint")
 
@@ -47,7 +47,7 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
     try:
         info = inspect_embeddings(received.path, filename, max_elements=max_elements)
         if suites is None:
-            suites = default_suites(info.has_labels)
+            suites = default_suites(info.has_labels, info.has_poison)
         check_suites(suites, info.has_labels)
     except (FormatError, ValueError) as exc:
         received.path.unlink(missing_ok=True)
@@ -142,13 +142,14 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
             raise UploadRejected(f"a {info.format} checkpoint holds weights only: name its architecture in the "
                                  "'arch' field (e.g. resnet18_cifar, vit_small, or a timm model name)")
         suites = suites if suites is not None else default_suites(bool(dataset.classes))
+        on_encoder, on_embeddings = split_checkpoint_suites(suites)
     except CheckpointError as exc:
         received.path.unlink(missing_ok=True)
         raise UploadRejected(str(exc)) from exc
     except BaseException:
         received.path.unlink(missing_ok=True)
         raise
-    params = {**params, "dataset": dataset.name, "suites": suites}
+    params = {**params, "dataset": dataset.name, "suites": on_embeddings}
     cache_key = embedding_cache_key(received.sha256, dataset.sha256 or dataset.name, params)
     existing = session.scalar(select(Artifact).where(
         Artifact.run_id == run.id, Artifact.step == step, Artifact.kind == "checkpoint",
@@ -163,18 +164,25 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
                             sha256=received.sha256, bytes=received.size, storage_key=key, dataset=dataset.name,
                             meta={**info.to_meta(), "filename": filename, "arch": params.get("arch")},
                             idempotency_key=idempotency_key)
-        embed = Evaluation(artifact=artifact, suite=EMBED_STEP, params={**params, "cache_key": cache_key},
-                           status=Status.queued.value)
-        session.add_all([artifact, embed])
-        evaluations = [embed]
+        encoder_params = {k: v for k, v in params.items() if k != "suites"}
+        evaluations = [Evaluation(artifact=artifact, suite=s, params=encoder_params, status=Status.queued.value)
+                       for s in on_encoder]
+        session.add(artifact)
+        session.add_all(evaluations)
+        embed = None
+        if on_embeddings:
+            embed = Evaluation(artifact=artifact, suite=EMBED_STEP, params={**params, "cache_key": cache_key},
+                               status=Status.queued.value)
+            session.add(embed)
+            evaluations.insert(0, embed)
         cached = session.scalar(select(Artifact).where(Artifact.cache_key == cache_key).limit(1))
-        if cached is not None and store.exists(cached.storage_key):
+        if embed is not None and cached is not None and store.exists(cached.storage_key):
             derived = Artifact(run_id=run.id, step=step, kind="embeddings", format=cached.format,
                                sha256=cached.sha256, bytes=cached.bytes, storage_key=cached.storage_key,
                                meta=cached.meta, dataset=dataset.name, parent=artifact, cache_key=cache_key)
             session.add(derived)
             suite_evaluations = [Evaluation(artifact=derived, suite=s, params={}, status=Status.queued.value)
-                                 for s in suites]
+                                 for s in on_embeddings]
             session.add_all(suite_evaluations)
             evaluations += suite_evaluations
             embed.status = Status.succeeded.value

@@ -181,3 +181,23 @@ def test_dino_style_checkpoint_with_args_is_accepted(api, run_id):
     response = upload(api, run_id, "dino.pth", ckpt, kind="checkpoint", arch="vit_small")
     assert response.status_code == 202, response.text
     assert response.json()["artifact"]["meta"]["sample_keys"] == ["teacher.backbone.fc.weight"]
+
+
+def test_checkpoint_suites_split_between_encoder_and_embeddings(api, run_id):
+    ckpt = _torchscript_bytes()
+    only_encoder = upload(api, run_id, "e.pt", ckpt, kind="checkpoint", step=1, suites="equivariance").json()
+    assert [e["suite"] for e in only_encoder["evaluations"]] == ["equivariance"]  # nothing to embed
+    both = upload(api, run_id, "e.pt", ckpt, kind="checkpoint", step=2, dataset="shapes",
+                  suites="spectrum,equivariance,backdoor").json()
+    assert [e["suite"] for e in both["evaluations"]] == ["embed", "equivariance", "backdoor"]
+    embed = api.get(f"/api/v1/evaluations/{both['evaluations'][0]['id']}").json()
+    assert embed["params"]["suites"] == ["spectrum"] and embed["params"]["dataset"] == "shapes"
+    refused = upload(api, run_id, "z.npy", __import__("tests.unit.test_api", fromlist=["npy_bytes"]).npy_bytes(
+        np.ones((4, 2), np.float32) * np.arange(2)), suites="equivariance")
+    assert refused.status_code == 422 and "need an encoder" in refused.json()["detail"]
+
+
+def test_poison_flags_queue_the_pool_scan(api, run_id):
+    z = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    body = upload(api, run_id, "p.npz", npz_bytes(embeddings=z, poison=(np.arange(50) < 5).astype(np.int8))).json()
+    assert [e["suite"] for e in body["evaluations"]] == ["spectrum", "backdoor"]

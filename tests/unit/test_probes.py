@@ -299,6 +299,10 @@ def test_knn_accuracy_counts_votes_only():
     assert res.accuracy(y, 1, 1) == 1.0 and res.accuracy(y, 1, 5) == 1.0
     assert (res.ranked[1][:, 1:] == -1).all()
     assert (res.ranked[6] >= 0).all()  # k = 6: every class voted, five ranked
+    # equal votes: the lower class comes first (stable sort), whatever the train order
+    tie = weighted_knn(np.eye(2, 3, dtype=np.float32)[::-1].copy(), np.array([5, 2]),
+                       np.array([[1.0, 1.0, 0.0]], dtype=np.float32), ks=(2,))
+    np.testing.assert_array_equal(tie.classes[tie.ranked[2][0]], [2, 5])
 
 
 # --- open-set metrics --------------------------------------------------------------------------------

@@ -1,0 +1,55 @@
+"""Suites that run on the encoder itself (equivariance) and the backdoor pool scan, through a live
+`repscope serve`: the wiring from upload to worker to metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import repscope
+from tests.integration.procs import base_env, free_port, start_serve, wait_healthy
+from tests.integration.test_checkpoints import TinyCNN
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("encoder-suites")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = start_serve(base_env(tmp / "data", url), port, tmp / "data", tmp)
+    wait_healthy(url, serve.proc, timeout=90)
+    yield url, serve
+    serve.stop()
+
+
+def test_equivariance_runs_on_a_checkpoint(server, tmp_path):
+    url, serve = server
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.pt"
+    torch.jit.save(torch.jit.script(TinyCNN().eval()), path)
+    client = repscope.Client(url)
+    run = client.run(project="encoder-suites", name="equivariance", background=False)
+    [ev] = client.wait(run.log_checkpoint(1, path, dataset="shapes", suites=["equivariance"]).ids(),
+                       timeout=600, raise_on_failure=False)
+    assert ev.status == "succeeded", ev.error or serve.log_tail()
+    assert {"equi_r2_mean", "invariance_auc_mean", "equi_mrr_mean"} <= set(ev.metrics)
+    assert -1.0 <= ev.metrics["equi_r2_mean"] <= 1.0 and 0.0 <= ev.metrics["equi_mrr_mean"] <= 1.0
+    assert ev.result["variant"]["dataset"] == "shapes"
+
+
+def test_backdoor_pool_scan_finds_a_planted_cluster(server):
+    url, serve = server
+    rng = np.random.default_rng(0)
+    clean = rng.standard_normal((990, 32)).astype(np.float32)
+    planted = (rng.standard_normal(32) * 3 + rng.standard_normal((10, 32)) * 0.05).astype(np.float32)
+    z = np.concatenate([clean, planted])
+    poison = np.r_[np.zeros(990), np.ones(10)].astype(np.int8)
+    run = repscope.Client(url).run(project="encoder-suites", name="pool", background=False)
+    run.log_embeddings(1, z, poison=poison, suites=["backdoor"])
+    [ev] = run.wait(timeout=300)
+    assert ev.status == "succeeded", serve.log_tail()
+    aurocs = [v for k, v in ev.metrics.items() if "auroc" in k]
+    assert aurocs and max(aurocs) >= 0.9  # 1 % of the pool, clustered: easy to rank first
