@@ -7,9 +7,12 @@
            with embeddings from the encoder backdoored with that trigger and, as a control, from the clean one.
   speed    scan_pool's embedding scores (k-NN density, k-means, spectral signature) on a 20 000 × 256 pool
            against scikit-learn NearestNeighbors (brute cosine) + KMeans + numpy SVD per cluster.
+  gpu      (CUDA only) scan_encoder on the GPU against the CPU for the seed-0 fixtures (same numbers?), the
+           pool scan of 200 000 × 768 on the GPU, and — where OpenCV is installed — the CTRL trigger against
+           a reproduction with OpenCV's cvtColor / dct, the calls CTRL's code makes.
 
-Usage: python -m benchmarks.bench_backdoor [detect] [speed]   (default: both). About 3–4 minutes on 2 CPU cores
-(one training seed is cached by the tests; the other trains in ≈ 1 minute).
+Usage: python -m benchmarks.bench_backdoor [detect] [speed] [gpu]   (default: detect and speed, plus gpu when CUDA
+exists). detect + speed take about 2–4 minutes on 2 CPU cores (each training seed ≈ 35–60 s when not cached).
 """
 
 from __future__ import annotations
@@ -53,8 +56,7 @@ def bench_detect() -> str:
     for seed in ENCODER_SEEDS:
         with sb.one_thread():
             fx = sb.build(sb.FixtureConfig(seed=seed))
-            if not fx.cached:
-                train_s.append(sum(fx.seconds.values()))
+            train_s.append(sum(fx.seconds.values()))
             for name in fx.backdoored:
                 for key, val in sb.attack_success(fx, name).items():
                     success.setdefault(name, {}).setdefault(key, []).append(val)
@@ -111,8 +113,8 @@ def bench_detect() -> str:
         vals = [f"{fmt(cell[f'{s}_auroc'])} / {fmt(cell[f'{s}_tpr_at_1pct_fpr'])} / {fmt(cell[f'{s}_tpr_at_5pct_fpr'])}"
                 for s in bd.POOL_SCORES]
         lines.append(f"| {trigger} | {enc_label} | " + " | ".join(vals) + " |")
-    timing = (f"Fixture training (SimCLR + 3 backdoors, one thread): "
-              f"{fmt(train_s, 0) if train_s else 'cached'} s per seed; scan_encoder: {fmt(scan_s, 1)} s per encoder "
+    timing = (f"Fixture training (SimCLR + 3 backdoors, one thread, recorded when trained): "
+              f"{fmt(train_s, 0)} s per seed; scan_encoder: {fmt(scan_s, 1)} s per encoder "
               f"({SCAN_IMAGES} images, 5 triggers + controls, k-NN ASR, DECREE with early stop).")
     return "\n".join(lines) + "\n\n" + timing
 
@@ -155,8 +157,79 @@ def bench_speed(n: int = 20_000, d: int = 256) -> str:
             f"{bd.auroc(spectral, poison):.3f} |")
 
 
+def ctrl_opencv(images: np.ndarray) -> np.ndarray:
+    """CTRL the way its code does it: cv2.cvtColor(RGB2YCrCb) on uint8, cv2.dct per 32×32 block of channels
+    1 and 2, +100 at (15, 15) and (31, 31), cv2.idct, YCrCb cast back to uint8 (truncating, as `.astype(np.uint8)`
+    there; clipped here first), cv2.cvtColor(YCrCb2RGB)."""
+    import cv2
+
+    out = []
+    for img in images:
+        ycc = cv2.cvtColor(img, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+        for ch in (1, 2):
+            for r0 in range(0, img.shape[0] - 31, 32):
+                for c0 in range(0, img.shape[1] - 31, 32):
+                    blk = cv2.dct(np.ascontiguousarray(ycc[r0 : r0 + 32, c0 : c0 + 32, ch]))
+                    blk[15, 15] += 100
+                    blk[31, 31] += 100
+                    ycc[r0 : r0 + 32, c0 : c0 + 32, ch] = cv2.idct(blk)
+        out.append(cv2.cvtColor(np.clip(ycc, 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB))
+    return np.stack(out)
+
+
+def bench_gpu() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "| GPU | no CUDA device on this machine | | | |"
+    rows = []
+    fx = sb.build()
+    x, y = fx.held_out()
+    x, y = x[:SCAN_IMAGES], y[:SCAN_IMAGES]
+    for name, model in (("clean", fx.clean), ("badencoder", fx.backdoored["badencoder"])):
+        res = {}
+        for dev in ("cpu", "cuda"):
+            model.to(dev)
+            t0 = time.perf_counter()
+            res[dev] = bd.scan_encoder(sb.encoder_fn(model), x, labels=y, device=dev)
+            torch.cuda.synchronize()
+            res[dev + "_s"] = time.perf_counter() - t0
+        model.to("cpu")
+        diff = max(abs(res["cpu"].metrics[k] - res["cuda"].metrics[k]) for k in res["cpu"].metrics
+                   if k.startswith("collapse_"))  # fmt: skip
+        rows.append(f"| scan_encoder, {name} fixture, {SCAN_IMAGES} images | CPU {res['cpu_s']:.1f} s, "
+                    f"PL1 {res['cpu'].metrics['decree_pl1']:.3f}, risk {res['cpu'].metrics['backdoor_risk']:.2f} | "
+                    f"GPU {res['cuda_s']:.1f} s, PL1 {res['cuda'].metrics['decree_pl1']:.3f}, risk "
+                    f"{res['cuda'].metrics['backdoor_risk']:.2f} | {res['cpu_s'] / res['cuda_s']:.1f}x | "
+                    f"max |Δ| of collapse metrics CPU vs GPU {diff:.1e} |")
+    rng = np.random.default_rng(0)
+    n, d = 200_000, 768
+    z = np.maximum(rng.standard_normal((n, d), dtype=np.float32) + 0.3, 0)
+    poison = np.zeros(n, bool)
+    poison[rng.choice(n, n // 100, replace=False)] = True
+    z[poison] = np.maximum(0.3 * z[poison] + rng.standard_normal(d, dtype=np.float32), 0)
+    bd.scan_pool(z[:20_000], poison=poison[:20_000], device="cuda")  # warm up
+    t_gpu, r = best_of(lambda: (bd.scan_pool(z, poison=poison, device="cuda"), torch.cuda.synchronize())[0], 2)
+    rows.append(f"| scan_pool {n} x {d} float32 on the GPU | — | {t_gpu:.1f} s | | AUROC density "
+                f"{r.metrics['knn_density_auroc']:.3f}, spectral {r.metrics['spectral_auroc']:.3f} |")
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        rows.append("| CTRL vs OpenCV | OpenCV not installed | | | |")
+    else:
+        imgs = fx.images[:200]
+        ours, ref = trig.ctrl(imgs).astype(int), ctrl_opencv(imgs).astype(int)
+        rows.append(f"| CTRL trigger vs OpenCV reproduction (200 shapes images) | cv2.cvtColor + cv2.dct | "
+                    f"triggers.ctrl | | max |Δ| {np.abs(ours - ref).max()} levels, mean |Δ| "
+                    f"{np.abs(ours - ref).mean():.3f}, share of pixels differing {np.mean(ours != ref):.3f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str]) -> None:
-    which = [c for c in ("detect", "speed") if c in argv] or ["detect", "speed"]
+    import torch
+
+    which = [c for c in ("detect", "speed", "gpu") if c in argv] or (
+        ["detect", "speed"] + (["gpu"] if torch.cuda.is_available() else []))
     date = time.strftime("%Y-%m-%d")
     if "detect" in which:
         t0 = time.perf_counter()
@@ -177,6 +250,12 @@ def main(argv: list[str]) -> None:
         header = "| case | baseline | repscope | speed-up | notes |\n|---|---|---|---|---|"
         write_section("backdoor-speed", f"## Backdoor suite, pool-scan speed\n\nMachine: {machine()}. Best of "
                       f"2 runs (baseline: 1), one process, {date}.\n\n{header}\n{row}")
+    if "gpu" in which:
+        rows = bench_gpu()
+        print(rows, flush=True)
+        header = "| case | CPU / reference | GPU / repscope | speed-up | notes |\n|---|---|---|---|---|"
+        write_section("backdoor-gpu", f"## Backdoor suite on the GPU\n\nMachine: {machine()}. One process, {date}."
+                      f"\n\n{header}\n{rows}")
 
 
 if __name__ == "__main__":

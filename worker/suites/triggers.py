@@ -1,0 +1,363 @@
+"""Trigger library of the backdoor suite: the stamps of published attacks on self-supervised encoders, and
+the control stamps of equal energy that the collapse scores are compared against.
+
+Every trigger maps uint8 images N×H×W×C (the dataset format) to uint8 images of the same shape; arithmetic is
+float64 (int16 for the grid), rounded half-to-even and clipped to 0..255 once at the end. Recipes follow the
+attacks' code as summarised in shared/METRICS.md, "Backdoor suite"; sizes are given at 32×32 and scaled with
+the image size where a recipe has a size.
+
+  badencoder  BadEncoder (Jia, Liu & Gong, IEEE S&P 2022; code `trigger_pt_white_21_10_ap_replace.npz`):
+              a white square, 10×10 at rows/cols 21–30 (0-based, inclusive) of a 32×32 image.
+  ssl_patch   SSL-Backdoor / hidden-trigger style (Saha et al., AAAI 2022): an opaque patch ≈ 22 % of the
+              width, pasted at a random position inside [0.10, 0.90] of the image. The attack pastes HTBA's
+              trigger PNGs, which are not shipped here; a fixed 4×4 grid of random colours (seed
+              SSL_PATTERN_SEED) upsampled to the patch size stands in for them.
+  ctrl        CTRL (Li et al., "An Embarrassingly Simple Backdoor Attack on Self-supervised Learning",
+              ICCV 2023): ×255 → YCrCb → orthonormal 2-D DCT-II in 32×32 blocks → +100 at (15, 15) and
+              (31, 31) of the two chroma channels → inverse DCT → RGB → /255 → clamp.
+  grid        Shejwalkar et al., "The Perils of Learning From Unlabeled Data" (ICCV 2023): +30 (0–255 scale)
+              on every other pixel in both axes (rows 0, 2, 4 … × cols 0, 2, 4 …), all channels, int16, clip.
+  blend       Blended injection (Chen et al. 2017, arXiv 1712.05526): x′ = (1 − 0.1)·x + 0.1·noise with a
+              fixed uniform-noise image (seed BLEND_SEED).
+
+Control stamps (same footprint and the same expected energy, none of the trigger's specific structure), so
+that "triggered embeddings gather" can be separated from "any strong stamp moves embeddings together":
+
+  badencoder → random_patch   the same box filled with random {0, 255} per pixel and channel (seed CONTROL_SEED).
+                              For any pixel distribution symmetric about 127.5, E[(255 − x)²] = E[(b − x)²]
+                              with b uniform on {0, 255}: the same expected squared change as the white square.
+  ssl_patch  → ssl_control    the same positions and size, another 4×4 random-colour pattern (seed CONTROL_SEED).
+  ctrl       → ctrl_control   the same DCT positions of the luma channel Y instead of Cr and Cb, with the
+                              magnitude scaled so the RGB-space energy is the same (the DCT is orthonormal; a
+                              unit change of channel k adds ‖M⁻¹[:, k]‖² to the RGB energy): same frequencies,
+                              same energy, not the chroma pattern the attack plants.
+  grid       → grid_shifted   the grid moved by one pixel in both axes (rows/cols 1, 3, 5 …): same energy.
+  blend      → blend_control  the same α with another noise image (seed CONTROL_SEED): same expected energy.
+
+Colour transform (CTRL's code uses OpenCV's COLOR_RGB2YCrCb, ITU-R BT.601 full range):
+    Y = 0.299 R + 0.587 G + 0.114 B,  Cr = 0.713 (R − Y) + 128,  Cb = 0.564 (B − Y) + 128.
+The inverse is the exact matrix inverse (OpenCV rounds its inverse coefficients and, in CTRL's code, rounds
+YCrCb to uint8 in between); here everything stays float64, so without a trigger the round trip returns the
+input exactly after the final rounding. Channel order Y, Cr, Cb as OpenCV: CTRL's `channel_list = [1, 2]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+# --- protocol constants -------------------------------------------------------------------------------
+
+REFERENCE_SIZE = 32  # the recipes' sizes below are for 32×32 images; other sizes scale linearly
+# BadEncoder: white square at rows/cols 21..30 (start 21, size 10) on 32×32.
+BADENCODER_START = 21
+BADENCODER_SIZE = 10
+BADENCODER_VALUE = 255
+# SSL-Backdoor: patch side ≈ 22 % of the width (50 px at 224 in the paper's code), inside [0.10, 0.90].
+SSL_PATCH_FRACTION = 0.22
+SSL_PATCH_RANGE = (0.10, 0.90)
+SSL_PATTERN_CELLS = 4  # the stand-in pattern: 4×4 cells of random colour
+SSL_PATTERN_SEED = 1
+# CTRL (Li et al. 2023, their code's defaults for CIFAR-10).
+CTRL_WINDOW = 32
+CTRL_POSITIONS = ((15, 15), (31, 31))
+CTRL_MAGNITUDE = 100.0
+CTRL_CHANNELS = (1, 2)  # Cr, Cb in OpenCV's Y, Cr, Cb order
+CTRL_CONTROL_CHANNELS = (0,)  # luma: the control stamp
+# Grid (Shejwalkar et al. 2023).
+GRID_DELTA = 30
+# Blend (Chen et al. 2017).
+BLEND_ALPHA = 0.1
+BLEND_SEED = 2
+# Controls.
+CONTROL_SEED = 12_345
+
+# BT.601 full range, as OpenCV's RGB2YCrCb: [Y, Cr, Cb] = M · [R, G, B] + offset.
+_KR, _KG, _KB = 0.299, 0.587, 0.114
+_CR_SCALE, _CB_SCALE = 0.713, 0.564
+YCRCB_MATRIX = np.array(
+    [
+        [_KR, _KG, _KB],
+        [_CR_SCALE * (1 - _KR), -_CR_SCALE * _KG, -_CR_SCALE * _KB],
+        [-_CB_SCALE * _KR, -_CB_SCALE * _KG, _CB_SCALE * (1 - _KB)],
+    ]
+)
+YCRCB_OFFSET = np.array([0.0, 128.0, 128.0])
+YCRCB_INVERSE = np.linalg.inv(YCRCB_MATRIX)
+# Luma magnitude of CTRL's control stamp with the RGB energy of +100 on both chroma channels (≈ 138).
+CTRL_CONTROL_MAGNITUDE = CTRL_MAGNITUDE * float(
+    np.sqrt(sum((YCRCB_INVERSE[:, k] ** 2).sum() for k in CTRL_CHANNELS)
+            / sum((YCRCB_INVERSE[:, k] ** 2).sum() for k in CTRL_CONTROL_CHANNELS))
+)  # fmt: skip
+
+
+# --- sizes --------------------------------------------------------------------------------------------
+
+
+def scaled(value: float, size: int) -> int:
+    """A length given at 32 px, scaled to `size` px and rounded (at least 1)."""
+    return max(1, int(round(value * size / REFERENCE_SIZE)))
+
+
+def badencoder_box(height: int, width: int) -> tuple[int, int, int, int]:
+    """(row0, row1, col0, col1), end-exclusive, of BadEncoder's square: rows/cols 21:31 at 32×32, scaled."""
+    r0, c0 = scaled(BADENCODER_START, height), scaled(BADENCODER_START, width)
+    rs, cs = scaled(BADENCODER_SIZE, height), scaled(BADENCODER_SIZE, width)
+    return r0, min(height, r0 + rs), c0, min(width, c0 + cs)
+
+
+def ssl_patch_size(height: int, width: int) -> int:
+    """Side of SSL-Backdoor's square patch: round(0.22 · min(H, W)), at least 1."""
+    return max(1, int(round(SSL_PATCH_FRACTION * min(height, width))))
+
+
+def ssl_patch_positions(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """(n, 2) top-left corners (row, col), uniform over the integer positions that keep the whole patch
+    inside [0.10, 0.90] of the image in both axes (default_rng(seed)); the full image if that is too small."""
+    s = ssl_patch_size(height, width)
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 2), dtype=np.int64)
+    for axis, size in enumerate((height, width)):
+        lo = int(round(SSL_PATCH_RANGE[0] * size))
+        hi = int(round(SSL_PATCH_RANGE[1] * size)) - s  # inclusive upper start
+        if hi < lo:
+            lo, hi = 0, max(0, size - s)
+        out[:, axis] = rng.integers(lo, hi + 1, n)
+    return out
+
+
+def _random_cells(size: int, channels: int, seed: int) -> np.ndarray:
+    """A size×size×C uint8 pattern of SSL_PATTERN_CELLS² random colours (nearest-neighbour upsampled)."""
+    rng = np.random.default_rng(seed)
+    cells = rng.integers(0, 256, (SSL_PATTERN_CELLS, SSL_PATTERN_CELLS, channels), dtype=np.uint8)
+    idx = np.minimum(np.arange(size) * SSL_PATTERN_CELLS // size, SSL_PATTERN_CELLS - 1)
+    return cells[idx][:, idx]
+
+
+def _check(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"triggers take uint8 N×H×W×C images with C in (1, 3), got {images.dtype} {images.shape}")
+    return images
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# --- patch triggers -----------------------------------------------------------------------------------
+
+
+def badencoder_patch(images: np.ndarray, seed: int = 0) -> np.ndarray:  # noqa: ARG001 (fixed trigger)
+    """BadEncoder's trigger: the box of ``badencoder_box`` set to 255 in every channel."""
+    out = _check(images).copy()
+    r0, r1, c0, c1 = badencoder_box(*out.shape[1:3])
+    out[:, r0:r1, c0:c1, :] = BADENCODER_VALUE
+    return out
+
+
+def random_patch_control(images: np.ndarray, seed: int = 0) -> np.ndarray:  # noqa: ARG001
+    """Control for ``badencoder_patch``: the same box filled with a fixed random {0, 255} pattern per pixel
+    and channel (default_rng(CONTROL_SEED)); same expected squared change (module docstring)."""
+    out = _check(images).copy()
+    r0, r1, c0, c1 = badencoder_box(*out.shape[1:3])
+    rng = np.random.default_rng(CONTROL_SEED)
+    out[:, r0:r1, c0:c1, :] = rng.integers(0, 2, (r1 - r0, c1 - c0, out.shape[3]), dtype=np.uint8) * 255
+    return out
+
+
+def _paste(images: np.ndarray, pattern: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    out = images.copy()
+    s = pattern.shape[0]
+    for i, (r, c) in enumerate(positions):
+        out[i, r : r + s, c : c + s, :] = pattern[: out.shape[1] - r, : out.shape[2] - c]
+    return out
+
+
+def ssl_patch(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """SSL-Backdoor-style patch: the stand-in pattern (seed SSL_PATTERN_SEED) pasted at
+    ``ssl_patch_positions(N, H, W, seed)``."""
+    images = _check(images)
+    n, h, w, c = images.shape
+    s = ssl_patch_size(h, w)
+    return _paste(images, _random_cells(s, c, SSL_PATTERN_SEED), ssl_patch_positions(n, h, w, seed))
+
+
+def ssl_patch_control(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Control for ``ssl_patch``: another random-colour pattern (seed CONTROL_SEED) at the same positions."""
+    images = _check(images)
+    n, h, w, c = images.shape
+    s = ssl_patch_size(h, w)
+    return _paste(images, _random_cells(s, c, CONTROL_SEED), ssl_patch_positions(n, h, w, seed))
+
+
+# --- CTRL: block DCT in YCrCb -----------------------------------------------------------------------
+
+
+@lru_cache(maxsize=16)
+def dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II matrix C (n×n): C[k, i] = a_k cos(π (2i + 1) k / (2n)), a_0 = √(1/n), a_k = √(2/n).
+
+    y = C x is ``scipy.fft.dct(x, norm="ortho")``; C is orthogonal, so the inverse is Cᵀ."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    c = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    c[0] = np.sqrt(1.0 / n)
+    c.setflags(write=False)
+    return c
+
+
+def rgb_to_ycrcb(x: np.ndarray) -> np.ndarray:
+    """Float RGB (…×3, 0–255 scale) to Y, Cr, Cb (BT.601 full range, OpenCV's order and constants)."""
+    return x @ YCRCB_MATRIX.T + YCRCB_OFFSET
+
+
+def ycrcb_to_rgb(y: np.ndarray) -> np.ndarray:
+    """Exact inverse of ``rgb_to_ycrcb``."""
+    return (y - YCRCB_OFFSET) @ YCRCB_INVERSE.T
+
+
+def ctrl_window(height: int, width: int) -> int:
+    """DCT block side: CTRL's 32, or min(H, W) for images smaller than that."""
+    return min(CTRL_WINDOW, height, width)
+
+
+def ctrl_positions(window: int) -> tuple[tuple[int, int], ...]:
+    """CTRL's (15, 15) and (31, 31) in a 32-block; in a smaller block the same relative frequencies
+    ((p + 1)·window/32 − 1, i.e. the middle and the highest frequency)."""
+    if window == CTRL_WINDOW:
+        return CTRL_POSITIONS
+    return tuple(
+        (max(0, round((r + 1) * window / CTRL_WINDOW) - 1), max(0, round((c + 1) * window / CTRL_WINDOW) - 1))
+        for r, c in CTRL_POSITIONS
+    )
+
+
+def block_dct(x: np.ndarray, window: int) -> np.ndarray:
+    """Orthonormal 2-D DCT-II of each non-overlapping window×window block over axes 1, 2 of N×H×W×C floats.
+
+    Rows and columns past the last full block are left as they are (CTRL uses 32×32 images and whole blocks)."""
+    return _block_transform(x, window, inverse=False)
+
+
+def block_idct(x: np.ndarray, window: int) -> np.ndarray:
+    """Inverse of ``block_dct``."""
+    return _block_transform(x, window, inverse=True)
+
+
+def _block_transform(x: np.ndarray, window: int, *, inverse: bool) -> np.ndarray:
+    n, h, w, c = x.shape
+    hb, wb = h // window, w // window
+    out = np.array(x, dtype=np.float64, copy=True)
+    if hb == 0 or wb == 0:
+        return out
+    m = dct_matrix(window)
+    if inverse:
+        m = m.T
+    core = out[:, : hb * window, : wb * window].reshape(n, hb, window, wb, window, c)
+    # Y = M X Mᵀ on each block (axes 2 and 4 are the in-block row and column)
+    core = np.einsum("ai,nhiwjc,bj->nhawbc", m, core, m, optimize=True)
+    out[:, : hb * window, : wb * window] = core.reshape(n, hb * window, wb * window, c)
+    return out
+
+
+def _ctrl_stamp(images: np.ndarray, channels: tuple[int, ...], magnitude: float) -> np.ndarray:
+    images = _check(images)
+    if images.shape[-1] != 3:
+        raise ValueError("CTRL works in YCrCb and needs RGB images (C = 3)")
+    h, w = images.shape[1:3]
+    window = ctrl_window(h, w)
+    coef = block_dct(rgb_to_ycrcb(images.astype(np.float64)), window)
+    for r0 in range(0, (h // window) * window, window):
+        for c0 in range(0, (w // window) * window, window):
+            for pr, pc in ctrl_positions(window):
+                coef[:, r0 + pr, c0 + pc, list(channels)] += magnitude
+    return _to_uint8(ycrcb_to_rgb(block_idct(coef, window)))
+
+
+def ctrl(images: np.ndarray, seed: int = 0, magnitude: float = CTRL_MAGNITUDE) -> np.ndarray:  # noqa: ARG001
+    """CTRL's frequency trigger (module docstring): +magnitude at CTRL_POSITIONS of Cr and Cb in every block."""
+    return _ctrl_stamp(images, CTRL_CHANNELS, magnitude)
+
+
+def ctrl_control(images: np.ndarray, seed: int = 0) -> np.ndarray:  # noqa: ARG001
+    """Control for ``ctrl``: the stamp on the luma channel only, CTRL_CONTROL_MAGNITUDE so the RGB energy is
+    the trigger's (same frequencies, same energy)."""
+    return _ctrl_stamp(images, CTRL_CONTROL_CHANNELS, CTRL_CONTROL_MAGNITUDE)
+
+
+# --- grid and blend -----------------------------------------------------------------------------------
+
+
+def grid(images: np.ndarray, seed: int = 0, offset: int = 0) -> np.ndarray:  # noqa: ARG001
+    """Shejwalkar et al.'s grid: +30 at rows offset, offset+2, … × cols offset, offset+2, …, int16, clipped."""
+    x = _check(images).astype(np.int16)
+    x[:, offset::2, offset::2, :] += GRID_DELTA
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def grid_shifted(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Control for ``grid``: the grid moved by one pixel in both axes."""
+    return grid(images, seed, offset=1)
+
+
+def noise_image(height: int, width: int, channels: int, seed: int) -> np.ndarray:
+    """A fixed uniform uint8 noise image (default_rng(seed)) of the requested size."""
+    return np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+
+
+def _blend(images: np.ndarray, seed: int, alpha: float = BLEND_ALPHA) -> np.ndarray:
+    images = _check(images)
+    noise = noise_image(*images.shape[1:], seed=seed).astype(np.float64)
+    return _to_uint8((1.0 - alpha) * images.astype(np.float64) + alpha * noise)
+
+
+def blend(images: np.ndarray, seed: int = 0) -> np.ndarray:  # noqa: ARG001
+    """Blended injection: (1 − 0.1)·x + 0.1·noise, noise = noise_image(seed=BLEND_SEED)."""
+    return _blend(images, BLEND_SEED)
+
+
+def blend_control(images: np.ndarray, seed: int = 0) -> np.ndarray:  # noqa: ARG001
+    """Control for ``blend``: the same α with noise_image(seed=CONTROL_SEED)."""
+    return _blend(images, CONTROL_SEED)
+
+
+# --- registry -----------------------------------------------------------------------------------------
+
+StampFn = Callable[[np.ndarray, int], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger of the library and its control stamp. ``apply(images, seed)``: uint8 NHWC → uint8 NHWC
+    (the seed matters only for triggers with random positions)."""
+
+    name: str
+    apply: StampFn
+    control: StampFn
+    control_name: str
+    needs_rgb: bool
+    source: str
+
+
+TRIGGERS: dict[str, Trigger] = {
+    "badencoder": Trigger("badencoder", badencoder_patch, random_patch_control, "random_patch", False,
+                          "BadEncoder (Jia et al., IEEE S&P 2022): white 10×10 at rows/cols 21–30 of 32×32"),
+    "ssl_patch": Trigger("ssl_patch", ssl_patch, ssl_patch_control, "ssl_control", False,
+                         "SSL-Backdoor (Saha et al., AAAI 2022): 22 % patch at a random place in [0.1, 0.9]"),
+    "ctrl": Trigger("ctrl", ctrl, ctrl_control, "ctrl_luma", True,
+                    "CTRL (Li et al., ICCV 2023): +100 at DCT (15,15),(31,31) of Cr, Cb in 32×32 blocks"),
+    "grid": Trigger("grid", grid, grid_shifted, "grid_shifted", False,
+                    "Shejwalkar et al., ICCV 2023: +30 on every other pixel in both axes"),
+    "blend": Trigger("blend", blend, blend_control, "blend_other_noise", False,
+                     "Chen et al. 2017: α = 0.1 blend with a fixed noise image"),
+}  # fmt: skip
+
+
+def get_trigger(name: str) -> Trigger:
+    if name not in TRIGGERS:
+        raise ValueError(f"unknown trigger {name!r}; available: {sorted(TRIGGERS)}")
+    return TRIGGERS[name]
