@@ -117,3 +117,20 @@ async def receive_upload(request: Request, store: ArtifactStore, limit: int, fil
             collector.incoming.discard()
         raise
     return collector.form
+
+
+async def receive_file_or_4xx(request: Request, store: ArtifactStore, limit: int) -> UploadForm:
+    """receive_upload for a route: 413 past the size limit, 400 for a malformed body or a missing 'file'."""
+    from fastapi import HTTPException
+
+    from backend.storage import UploadTooLarge
+
+    try:
+        form = await receive_upload(request, store, limit)
+    except UploadTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except MultipartError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if form.file is None:
+        raise HTTPException(400, "missing the 'file' part of the multipart form")
+    return form

@@ -41,17 +41,25 @@ def fetch_dataset(name: str, client: Client, settings: Settings):  # noqa: ANN20
     return read_dataset_file(dest, name=name)
 
 
-def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,
-              progress: ProgressFn) -> SuiteResult:
-    from worker.embed import embed, embed_precision, preprocessing_spec
+def load_encoder_and_dataset(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings,
+                             device: str, progress: ProgressFn):  # noqa: ANN201 - (LoadedEncoder, ImageDataset)
+    """The claimed checkpoint as an eval-mode encoder on `device` (load report kept) and the dataset to use."""
     from worker.models.loading import load_encoder
 
-    params: dict[str, Any] = dict(claim.evaluation.params)
+    params = claim.evaluation.params
     progress(0.02, "loading checkpoint")
     encoder = load_encoder(checkpoint, fmt=claim.artifact.format, arch=params.get("arch"),
                            pool=params.get("pool", "cls"), output=params.get("output", "backbone"), device=device)
     progress(0.05, f"loading dataset {params['dataset']}")
-    dataset = fetch_dataset(params["dataset"], client, settings)
+    return encoder, fetch_dataset(params["dataset"], client, settings)
+
+
+def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,
+              progress: ProgressFn) -> SuiteResult:
+    from worker.embed import embed, embed_precision, preprocessing_spec
+
+    params: dict[str, Any] = dict(claim.evaluation.params)
+    encoder, dataset = load_encoder_and_dataset(claim, checkpoint, client, settings, device, progress)
     views = int(params.get("views") or 0)
     span = 0.85 if not views else 0.45
 
@@ -90,14 +98,9 @@ def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, setti
 
     from worker.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
     from worker.models.features import encode as forward
-    from worker.models.loading import load_encoder
 
     params: dict[str, Any] = dict(claim.evaluation.params)
-    progress(0.01, "loading checkpoint")
-    encoder = load_encoder(checkpoint, fmt=claim.artifact.format, arch=params.get("arch"),
-                           pool=params.get("pool", "cls"), output=params.get("output", "backbone"), device=device)
-    progress(0.03, f"loading dataset {params['dataset']}")
-    dataset = fetch_dataset(params["dataset"], client, settings)
+    encoder, dataset = load_encoder_and_dataset(claim, checkpoint, client, settings, device, progress)
     module = encoder.module.to(device).eval()
 
     def encode(x01: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.deps import QueueDep, SessionDep, SettingsDep, StoreDep
-from backend.multipart import MultipartError, receive_upload
+from backend.multipart import receive_file_or_4xx
 from backend.services import runs as run_service
 from backend.services.artifacts import (
     ARTIFACT_KINDS,
@@ -23,7 +23,6 @@ from backend.services.artifacts import (
 )
 from backend.services.datasets import get_dataset
 from backend.services.evaluations import now
-from backend.storage import UploadTooLarge
 from repscope.schemas import ArtifactRead, UploadAccepted
 from repscope.suites import parse_suites
 
@@ -144,14 +143,7 @@ async def upload_artifact(run_id: int, request: Request, session: SessionDep, st
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, f"upload of {declared} bytes exceeds the size limit of {settings.max_upload_bytes} bytes")
-    try:
-        form = await receive_upload(request, store, settings.max_upload_bytes)
-    except UploadTooLarge as exc:
-        raise HTTPException(413, str(exc)) from None
-    except MultipartError as exc:
-        raise HTTPException(400, str(exc)) from None
-    if form.file is None:
-        raise HTTPException(400, "missing the 'file' part of the multipart form")
+    form = await receive_file_or_4xx(request, store, settings.max_upload_bytes)
     try:
         fields = _parse_fields(form.fields)
         registered = await run_in_threadpool(_register, session, store, run, form, fields, settings,

@@ -5,9 +5,8 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.deps import SessionDep, SettingsDep, StoreDep
-from backend.multipart import MultipartError, receive_upload
+from backend.multipart import receive_file_or_4xx
 from backend.services import datasets as service
-from backend.storage import UploadTooLarge
 from repscope.datasets import DatasetError, DatasetLimits
 from repscope.schemas import DatasetFolderCreate, DatasetRead
 
@@ -47,14 +46,7 @@ def download_dataset(name: str, session: SessionDep, store: StoreDep) -> FileRes
 async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
                          settings: SettingsDep) -> DatasetRead:
     """Upload a dataset (.npz or ImageFolder .zip), validated before it is stored."""
-    try:
-        form = await receive_upload(request, store, settings.max_upload_bytes)
-    except UploadTooLarge as exc:
-        raise HTTPException(413, str(exc)) from None
-    except MultipartError as exc:
-        raise HTTPException(400, str(exc)) from None
-    if form.file is None:
-        raise HTTPException(400, "missing the 'file' part of the multipart form")
+    form = await receive_file_or_4xx(request, store, settings.max_upload_bytes)
     try:
         dataset = await run_in_threadpool(
             service.register_upload, session, store, form.file, name=form.fields.get("name", "").strip(),

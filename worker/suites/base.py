@@ -6,12 +6,23 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 # progress(fraction in [0, 1], short message) — suites call it on long work; the task forwards it to the API.
 ProgressFn = Callable[[float, str], None]
 
 
 def no_progress(fraction: float, message: str) -> None:  # noqa: ARG001
     """Default progress sink for notebook and CLI use."""
+
+
+def resolve_device(device: str | torch.device | None, data: Any = None) -> torch.device:
+    """The device a suite computes on: the one asked for, else a tensor input's, else CUDA when present."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(data, torch.Tensor):
+        return data.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import ProgressFn, SuiteResult, no_progress
+from .base import ProgressFn, SuiteResult, no_progress, resolve_device
 
 try:  # reads memory-mapped rows without mapping them into the RSS (added alongside the spectrum suite)
     from .rows import take_rows
@@ -352,7 +352,7 @@ def fit_logreg_sweep(
     k = classes.size
     if k < 2:
         raise ValueError(f"logistic regression needs at least 2 classes, got {k}")
-    dev = _resolve_device(device, x)
+    dev = resolve_device(device, x)
     with torch.no_grad():
         xt = _as_tensor(x, dev, dtype)
         n, d = xt.shape
@@ -629,7 +629,7 @@ def select_c(
     of train. The best C has the highest holdout top-1 accuracy; ties go to the smaller C (stronger
     regularisation)."""
     y = _as_labels(y_train)
-    dev = _resolve_device(device, x_train)
+    dev = resolve_device(device, x_train)
     xt = _as_tensor(x_train, dev, fit_kwargs.get("dtype", torch.float32))
     fit_idx, hold_idx = stratified_split(y, holdout_fraction, seed)
     cs = np.sort(np.asarray(list(c_grid), dtype=np.float64))
@@ -733,7 +733,7 @@ def weighted_knn(
     similarities at the k-th place are resolved by ``torch.topk``'s implementation-defined order (it may
     differ between devices and chunkings); with continuous features this does not occur.
     """
-    dev = _resolve_device(device, train_x)
+    dev = resolve_device(device, train_x)
     ty = _as_labels(train_y)
     cls = np.unique(ty) if classes is None else np.asarray(classes)
     if not np.all(np.isin(ty, cls)):
@@ -860,7 +860,7 @@ def run_probes(
         raise ValueError(f"{n} embeddings but {y.size} labels")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    dev = _resolve_device(device, embeddings)
+    dev = resolve_device(device, embeddings)
     cs = np.sort(np.asarray(list(DEFAULT_C_GRID if c_grid is None else c_grid), dtype=np.float64))
     tr, te, split_source = resolve_split(y, split, seed=seed)
     y_tr, y_te = y[tr], y[te]
@@ -1063,14 +1063,6 @@ def _scores_labels(scores: Any, positive: Any) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(s)):
         raise ValueError("scores must be finite")
     return s, pos
-
-
-def _resolve_device(device: str | torch.device | None, data: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if isinstance(data, torch.Tensor):
-        return data.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _shape(embeddings: Any) -> tuple[int, int]:

@@ -45,7 +45,7 @@ try:  # optional CPU fast path (BLAS dsyrk, LAPACK dsyevd); the torch path gives
 except ImportError:  # pragma: no cover
     _scipy_eigh = _dsyrk = None
 
-from .base import ProgressFn, SuiteResult, no_progress
+from .base import ProgressFn, SuiteResult, no_progress, resolve_device
 from .rows import prefetched, read_rows, take_rows
 
 # --- protocol constants -------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def uniformity(
     (``run_spectrum`` subsamples to UNIFORMITY_MAX_SAMPLES first). ‖ẑ_i − ẑ_j‖² = max(‖ẑ_i‖² + ‖ẑ_j‖² −
     2ẑ_i·ẑ_j, 0); only i < j blocks are formed (float64, ≤ PAIRWISE_BLOCK_ELEMENTS per block), never N×N.
     """
-    dev = _resolve_device(device, embeddings)
+    dev = resolve_device(device, embeddings)
     z = _rows_to_tensor(embeddings, dev)
     if z.ndim != 2 or z.shape[0] < 2:
         raise ValueError(f"uniformity needs an (m ≥ 2)×D matrix, got shape {tuple(z.shape)}")
@@ -219,7 +219,7 @@ def collapse_std(embeddings: np.ndarray | torch.Tensor, *, device: str | torch.d
     an isotropic Gaussian, 0 for collapse to one vector. ``run_spectrum`` computes the same quantity in its
     single streaming pass (Chan et al. pairwise mean/M2 merge).
     """
-    dev = _resolve_device(device, embeddings)
+    dev = resolve_device(device, embeddings)
     z = _rows_to_tensor(embeddings, dev)
     if z.ndim != 2 or z.shape[0] < 2:
         raise ValueError(f"collapse_std needs an (m ≥ 2)×D matrix, got shape {tuple(z.shape)}")
@@ -250,7 +250,7 @@ def lidar(
     rank-deficient Σ_b (n − 1 < D) adds D − n + 1 terms of ε·log ε, as in the paper's formula. Σ_b = 0
     gives 0. Computed in float64 on `device`, the within-sample scatter accumulated over chunks of samples.
     """
-    dev = _resolve_device(device, views)
+    dev = resolve_device(device, views)
     v = views if isinstance(views, torch.Tensor) else torch.from_numpy(_native(np.asarray(views)))
     if v.ndim != 3:
         raise ValueError(f"lidar needs views of shape (n, q, D), got {tuple(v.shape)}")
@@ -427,7 +427,7 @@ def gram_spectrum(
     σ = √λ with λ below the floor k·eps·λ_max set to 0 (module docstring). Centring uses the shifted-data
     form of ZᵀZ − Nμμᵀ in the same pass. `rows`: optional (sorted) row indices to use instead of all rows.
     """
-    dev = _resolve_device(device, embeddings)
+    dev = resolve_device(device, embeddings)
     rows = _check_rows(rows, _shape(embeddings)[0])
     m = _accumulate(embeddings, rows, dev, chunk_rows, (), progress)
     d = _shape(embeddings)[1]
@@ -481,7 +481,7 @@ def run_spectrum(
         raise ValueError(f"spectrum needs at least 2 rows and 1 column, got shape ({n_total}, {d})")
     if max_rows < 2 or uniformity_max_rows < 2:
         raise ValueError("max_rows and uniformity_max_rows must be ≥ 2")
-    dev = _resolve_device(device, embeddings)
+    dev = resolve_device(device, embeddings)
     rows = subsample_rows(n_total, max_rows, seed)
     n_used = n_total if rows is None else len(rows)
     dims = [d, *matryoshka_dims(d)] if matryoshka else [d]
@@ -637,14 +637,6 @@ def _to_list(a: np.ndarray) -> list[float]:
 
 def _sym(a: torch.Tensor) -> torch.Tensor:
     return (a + a.T) * 0.5
-
-
-def _resolve_device(device: str | torch.device | None, data: Any) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    if isinstance(data, torch.Tensor):
-        return data.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _shape(embeddings: Any) -> tuple[int, int]:
