@@ -293,7 +293,87 @@ def probe_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
     return [c for c in built if c is not None]
 
 
-SUITE_CHARTS = {"spectrum": spectrum_charts, "probes": probe_charts}
+def invariance_curves(fig: dict[str, Any]) -> dict[str, Any] | None:
+    """Mean cos(f(x), f(Tx)) per family against the strength, strengths scaled to each family's largest."""
+    if not fig:
+        return None
+    data = []
+    for family, curve in fig.items():
+        strengths = [float(v) for v in curve.get("strength", [])]
+        top = max((abs(v) for v in strengths), default=0.0) or 1.0
+        unit = curve.get("unit", "")
+        data.append({"type": "scatter", "mode": "lines+markers", "name": family,
+                     "x": [v / top for v in strengths], "y": curve.get("mean_cosine", []),
+                     "customdata": strengths,
+                     "hovertemplate": f"{family}<br>strength %{{customdata:g}} {unit}<br>cos %{{y:.3f}}<extra></extra>"})
+    return {"data": data, "layout": _layout("Invariance: mean cos(f(x), f(Tx)) per transformation family",
+                                            "strength (fraction of the family's largest)", "mean cosine",
+                                            hovermode="closest")}
+
+
+def r2_bars(fig: dict[str, Any]) -> dict[str, Any] | None:
+    """Held-out R² of the transformation's parameters from (f(x), f(Tx)), per family, linear and MLP heads."""
+    if not fig or not fig.get("families"):
+        return None
+    data = [{"type": "bar", "name": head, "x": fig["families"], "y": fig.get(key) or [],
+             "hovertemplate": f"%{{x}}<br>{head} R² %{{y:.3f}}<extra></extra>"}
+            for key, head in (("linear", "linear head"), ("mlp", "MLP head")) if any(v is not None for v in fig.get(key) or [])]
+    layout = _layout("Information retained: parameter-prediction R² (mean over outputs)", "family", "held-out R²",
+                     hovermode="closest", barmode="group")
+    layout["xaxis"]["type"] = "category"
+    return {"data": data, "layout": layout}
+
+
+def equivariance_radar(fig: dict[str, Any], name: str = "this encoder") -> dict[str, Any] | None:
+    axes = (fig or {}).get("axes") or []
+    axes = [a for a in axes if a.get("value") is not None]
+    if len(axes) < 3:
+        return None
+    labels = [a["label"] for a in axes]
+    data = [{"type": "scatterpolar", "fill": "toself", "name": name, "r": [a["value"] for a in axes] + [axes[0]["value"]],
+             "theta": labels + labels[:1], "hovertemplate": "%{theta}<br>%{r:.3f}<extra></extra>"}]
+    return {"data": data, "layout": {"title": {"text": "Equivariance summary"},
+                                     "polar": {"radialaxis": {"range": [0, 1]}}, "margin": {"l": 80, "r": 80, "t": 60, "b": 40}}}
+
+
+def equivariance_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
+    built = (invariance_curves(figs.get("invariance") or {}), r2_bars(figs.get("r2") or {}),
+             equivariance_radar(figs.get("radar") or {}))
+    return [c for c in built if c is not None]
+
+
+def image(pixels: list, title: str) -> dict[str, Any]:
+    """A small uint8 image (H×W grey or H×W×3) as a Plotly heatmap / image trace."""
+    grey = bool(pixels) and not isinstance(pixels[0][0], list)
+    trace = ({"type": "heatmap", "z": pixels, "colorscale": "Greys", "reversescale": True, "showscale": False}
+             if grey else {"type": "image", "z": pixels})
+    layout = {"title": {"text": title}, "xaxis": {"visible": False}, "yaxis": {"visible": False, "autorange": "reversed",
+                                                                                "scaleanchor": "x"},
+              "margin": {"l": 10, "r": 10, "t": 40, "b": 10}, "height": 280}
+    return {"data": [trace], "layout": layout}
+
+
+def backdoor_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per-trigger collapse against its control, and DECREE's recovered mask, pattern and stamp."""
+    charts = []
+    rows = figs.get("triggers") or []
+    if rows:
+        names = [r["trigger"] for r in rows]
+        charts.append({"data": [
+            {"type": "bar", "name": "trigger", "x": names, "y": [r["collapse"] for r in rows]},
+            {"type": "bar", "name": "equal-energy control", "x": names, "y": [r["control_collapse"] for r in rows]}],
+            "layout": _layout("Known-trigger collapse: mean pairwise cosine of centred f(trigger(x))",
+                              "trigger", "mean pairwise cosine (higher = more suspicious)", barmode="group",
+                              hovermode="closest")})
+    decree = figs.get("decree") or {}
+    for key, title in (("mask", "DECREE mask m"), ("pattern", "DECREE pattern p"), ("stamp", "stamp m·p")):
+        if decree.get(key):
+            charts.append(image(decree[key], title))
+    return charts
+
+
+SUITE_CHARTS = {"spectrum": spectrum_charts, "probes": probe_charts, "equivariance": equivariance_charts,
+                "backdoor": backdoor_charts}
 
 
 def suite_charts(suite: str, figs: dict[str, Any]) -> list[dict[str, Any]]:

@@ -147,3 +147,28 @@ def test_existing_charts_are_readable():
     for chart in figures.spectrum_charts(result["figures"]):
         assert_readable(chart)
     assert_readable(figures.metric_over_step([("r", _series("linear_top1", [(1, 0.5)]))], "linear_top1"))
+
+
+def test_equivariance_and_backdoor_charts_show_the_suite_output():
+    from worker.suites.backdoor import image_figure
+    from worker.suites.equivariance import run_equivariance
+
+    images = (np.random.default_rng(0).random((40, 32, 32, 3)) * 255).astype(np.uint8)
+    result = run_equivariance(lambda x: x.flatten(1)[:, ::16], images, families=["rotation", "hflip", "blur"],
+                              n_images=40, mlp=False).to_json()
+    charts = figures.suite_charts("equivariance", result["figures"])
+    curves, bars = charts[0], charts[1]
+    rotation = next(t for t in curves["data"] if t["name"] == "rotation")
+    assert rotation["y"] == result["figures"]["invariance"]["rotation"]["mean_cosine"]
+    assert max(rotation["x"]) == 1.0
+    assert bars["data"][0]["x"] == result["figures"]["r2"]["families"]
+    assert bars["data"][0]["y"] == result["figures"]["r2"]["linear"]
+    json.dumps(charts)
+    mask = np.zeros((8, 8))
+    mask[2:4, 2:4] = 1
+    figs = {"triggers": [{"trigger": "grid", "collapse": 0.9, "control_collapse": 0.2}],
+            "decree": {"mask": image_figure(mask), "pattern": image_figure(np.ones((8, 8, 3)) * 0.5)}}
+    bd = figures.suite_charts("backdoor", figs)
+    assert bd[0]["data"][0]["y"] == [0.9] and bd[0]["data"][1]["y"] == [0.2]
+    assert bd[1]["data"][0]["type"] == "heatmap" and bd[1]["data"][0]["z"][2][2] == 255
+    assert bd[2]["data"][0]["type"] == "image" and bd[2]["data"][0]["z"][0][0] == [128, 128, 128]
