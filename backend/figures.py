@@ -365,6 +365,10 @@ def backdoor_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
             "layout": _layout("Known-trigger collapse: mean pairwise cosine of centred f(trigger(x))",
                               "trigger", "mean pairwise cosine (higher = more suspicious)", barmode="group",
                               hovermode="closest")})
+    montage = figs.get("montage") or {}
+    if montage.get("pixels"):
+        charts.append(image(montage["pixels"], f"The 16 most suspicious samples by {montage['score']} "
+                                               "(row by row, most suspicious first)"))
     decree = figs.get("decree") or {}
     for key, title in (("mask", "DECREE mask m"), ("pattern", "DECREE pattern p"), ("stamp", "stamp m·p")):
         if decree.get(key):

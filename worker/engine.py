@@ -92,6 +92,21 @@ class Heartbeat:
         self._thread.join(timeout=5)
 
 
+def dataset_images(name: str | None, n: int, client: Client, settings: Settings):  # noqa: ANN201
+    """The images of registered dataset `name` when it has exactly `n` of them (row i = image i), else None."""
+    if not name:
+        return None
+    try:
+        info = client.dataset(name)
+    except RepscopeError:
+        return None
+    if info.get("n") != n:
+        return None
+    from worker.derive import fetch_dataset
+
+    return fetch_dataset(name, client, settings).images
+
+
 def _free_device_memory() -> None:
     import gc
 
@@ -133,7 +148,10 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
         else:
             # validated in full at upload; skip the second finite-value scan here
             arrays = load_embeddings(path, f"artifact.{claim.artifact.format}", check_finite=False)
-            result = runner(arrays, dict(claim.evaluation.params), device, progress)
+            params = dict(claim.evaluation.params)
+            if suite == "backdoor":  # image-level scores and thumbnails when the rows are a known image dataset
+                params["images"] = dataset_images(claim.artifact.dataset, len(arrays.embeddings), client, settings)
+            result = runner(arrays, params, device, progress)
         result.variant.setdefault("device", device)
         result.variant["worker"] = worker_name
         result.variant["seconds"] = round(time.perf_counter() - started, 4)

@@ -40,8 +40,36 @@ def _backdoor_pool(arrays: EmbeddingsArrays, params: dict[str, Any], device: str
     """The pool scan: which samples of a possibly poisoned unlabeled pool look planted (AUROC with `poison`)."""
     from worker.suites.backdoor import scan_pool
 
-    return scan_pool(np.asarray(arrays.embeddings), poison=arrays.poison, device=device, progress=progress,
-                     **params)
+    params = dict(params)
+    images = params.pop("images", None)
+    result = scan_pool(np.asarray(arrays.embeddings), images=images, poison=arrays.poison, device=device,
+                       progress=progress, **params)
+    if images is not None:
+        score = "spectral" if "spectral" in result.figures["top_suspicious"] else next(
+            iter(result.figures["top_suspicious"]))
+        top = result.figures["top_suspicious"][score]["indices"][:MONTAGE_SIDE**2]
+        result.figures["montage"] = {"score": score, "indices": top, "pixels": montage(images, top)}
+    return result
+
+
+MONTAGE_SIDE = 4  # the 16 most suspicious samples, ranked row by row
+
+
+def montage(images: np.ndarray, indices: list[int], side: int = MONTAGE_SIDE, cell: int = 48) -> list:
+    """The images at `indices` tiled side x side (row-major, most suspicious first), each resized to `cell`
+    pixels, as nested uint8 lists (H x W x 3) for the page; empty cells stay black."""
+    import torch
+    import torch.nn.functional as F
+
+    sheet = np.zeros((side * cell, side * cell, 3), dtype=np.uint8)
+    for slot, idx in enumerate(indices[: side * side]):
+        img = torch.from_numpy(np.ascontiguousarray(images[idx])).permute(2, 0, 1)[None].float()
+        if img.shape[1] == 1:
+            img = img.expand(1, 3, -1, -1)
+        tile = F.interpolate(img, size=(cell, cell), mode="nearest")[0].permute(1, 2, 0).clamp(0, 255)
+        r, c = divmod(slot, side)
+        sheet[r * cell:(r + 1) * cell, c * cell:(c + 1) * cell] = tile.round().to(torch.uint8).numpy()
+    return sheet.tolist()
 
 
 SUITES: dict[str, SuiteRunner] = {"spectrum": _spectrum, "probes": _probes, "backdoor": _backdoor_pool}

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -47,9 +49,20 @@ def test_backdoor_pool_scan_finds_a_planted_cluster(server):
     planted = (rng.standard_normal(32) * 3 + rng.standard_normal((10, 32)) * 0.05).astype(np.float32)
     z = np.concatenate([clean, planted])
     poison = np.r_[np.zeros(990), np.ones(10)].astype(np.int8)
-    run = repscope.Client(url).run(project="encoder-suites", name="pool", background=False)
-    run.log_embeddings(1, z, poison=poison, suites=["backdoor"])
+    client = repscope.Client(url)
+    # the pool's rows are the images of a registered dataset: image-level scores and thumbnails join in
+    images = rng.integers(0, 256, (1000, 8, 8, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, images=images, labels=np.zeros(1000, dtype=np.int64))
+    assert client.http.post("/datasets", data={"name": "pool-images"},
+                            files={"file": ("pool.npz", buf.getvalue())}).status_code == 201
+    run = client.run(project="encoder-suites", name="pool", background=False)
+    run.log_embeddings(1, z, poison=poison, suites=["backdoor"], dataset="pool-images")
     [ev] = run.wait(timeout=300)
     assert ev.status == "succeeded", serve.log_tail()
     aurocs = [v for k, v in ev.metrics.items() if "auroc" in k]
     assert aurocs and max(aurocs) >= 0.9  # 1 % of the pool, clustered: easy to rank first
+    assert "ctrl_energy_auroc" in ev.metrics and "grid_energy_auroc" in ev.metrics
+    assert len(ev.result["figures"]["montage"]["indices"]) == 16
+    page = client.http.get(f"{url}/evaluations/{ev.id}")
+    assert page.status_code == 200 and "most suspicious samples" in page.text
