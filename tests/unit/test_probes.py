@@ -186,7 +186,8 @@ def test_analytic_gradient_matches_autograd():
     yt = torch.as_tensor(y)
     gen = torch.Generator().manual_seed(0)
     for loss, q in (("ce", 0.0), ("gce", 0.7), ("mae", 1.0)):
-        data = pr._Data(z=z, y=yt, k=4, q=q, rot=rot, row_budget=4000)  # several row chunks
+        z1 = torch.cat([z, torch.ones((z.shape[0], 1), dtype=z.dtype)], dim=1)  # the bias column
+        data = pr._Data(z1=z1, y=yt, k=4, q=q, rot=rot, row_budget=4000)  # several row chunks
         inv_cn = torch.tensor([1 / (0.3 * 200), 1 / (30.0 * 200)], dtype=torch.float64)
         sc = (0.2 * lam[None, :] + inv_cn[:, None]) ** -0.25
         sb = torch.full((2,), 1.7, dtype=torch.float64)
