@@ -34,7 +34,10 @@ def _params(op: dict[str, Any]) -> list[str]:
 def render(spec: dict[str, Any]) -> str:
     lines = [f"# {spec['info']['title']} REST API {spec['info']['version']}", "",
              "Generated from the OpenAPI schema by `python -m backend.apidoc` (also served live at `/docs`).",
-             "Errors are JSON `{\"detail\": \"...\"}` with a 4xx status that names the problem.", ""]
+             "Errors are JSON `{\"detail\": \"...\"}` with a 4xx status that names the problem.",
+             "Authentication: `Authorization: Bearer <token>` (see the README's Access section); each endpoint says",
+             "the scope it needs. Missing or unknown token: 401; a token without the scope: 403; over the rate: 429.",
+             ""]
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             lines += [f"## `{method.upper()} {path}`", ""]

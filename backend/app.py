@@ -12,19 +12,27 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from backend import migrate
-from backend.api import artifacts, datasets, evaluations, health, leaderboards, runs
+from backend.api import artifacts, datasets, evaluations, health, leaderboards, runs, tokens
 from backend.db import make_engine, make_sessionmaker
-from backend.pages import TEMPLATES
+from backend.limits import BodyLimitMiddleware
+from backend.pages import TEMPLATES, assets_router
 from backend.pages import router as pages_router
+from backend.pages_auth import LoginRequired, login_redirect
+from backend.pages_auth import router as auth_pages_router
 from backend.queue import TaskQueue
+from backend.security import RateLimiter, load_secret_key
 from backend.services import Conflict, NotFound
 from backend.services.datasets import ensure_builtin_datasets
+from backend.services.tokens import ensure_token
 from backend.storage import ArtifactStore
 from backend.sweeper import Sweeper
 from repscope import __version__
 from repscope.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+API_ROUTERS = (health.router, runs.router, artifacts.router, evaluations.router, datasets.router,
+               leaderboards.router, tokens.router)
 STATIC_DIR = Path(__file__).resolve().parent.parent / "frontend" / "static"
 
 
@@ -39,6 +47,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
         app.state.store.sweep_tmp()
         with app.state.sessionmaker() as session:
             ensure_builtin_datasets(session)
+        bootstrap_tokens(app.state.sessionmaker, settings)
         sweeper = Sweeper(app.state.sessionmaker, app.state.queue, settings) if run_sweeper else None
         if sweeper:
             sweeper.start()
@@ -54,13 +63,79 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.store = ArtifactStore(settings.data_dir / "artifacts")
     app.state.queue = TaskQueue(settings)
+    app.state.secret_key = load_secret_key(settings)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
-    for router in (health.router, runs.router, artifacts.router, evaluations.router, datasets.router, leaderboards.router):
-        app.include_router(router, prefix="/api/v1")
+    for router in API_ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
+    app.include_router(assets_router)
+    app.include_router(auth_pages_router)
     app.include_router(pages_router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _install_error_handlers(app)
+    _document_auth(app)
+    app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
+                       max_result_bytes=settings.max_result_bytes)
     return app
+
+
+def _document_auth(app: FastAPI) -> None:
+    """Declare the bearer token in the OpenAPI schema (/docs gets an Authorize button); /health needs none."""
+    base = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = base()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearerToken"] = {
+            "type": "http", "scheme": "bearer",
+            "description": "An API token (`repscope token create`). Scopes: read, write, worker, admin."}
+        schema["security"] = [{"bearerToken": []}]
+        for router in API_ROUTERS:
+            for route in router.routes:
+                scope = _required_scope([*router.dependencies, *getattr(route, "dependencies", [])])
+                item = schema.get("paths", {}).get(API_PREFIX + getattr(route, "path", ""), {})
+                for method in getattr(route, "methods", ()) or ():
+                    op = item.get(method.lower())
+                    if op is not None and scope:
+                        op["x-required-scope"] = scope
+                        op["description"] = (op.get("description", "") + f"\n\nNeeds a token with scope `{scope}`"
+                                             + (" (or none when the instance is public-read)." if scope == "read"
+                                                else ".")).strip()
+        for path, item in schema.get("paths", {}).items():
+            if path.endswith("/health") or path.endswith("/whoami"):
+                for op in item.values():
+                    op["security"] = [{}, {"bearerToken": []}] if path.endswith("/whoami") else []
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi
+
+
+def _required_scope(depends: list) -> str | None:
+    """The scope auth dependencies ask for: a route's own (write, worker...) over its router's read."""
+    found = [getattr(d.dependency, "__name__", "").removeprefix("require_").replace("_or_", " or ")
+             for d in depends if getattr(d.dependency, "__name__", "").startswith("require_")]
+    return next((s for s in reversed(found) if s != "read"), found[0] if found else None)
+
+
+def bootstrap_tokens(sessionmaker, settings: Settings) -> None:  # noqa: ANN001
+    """Tokens whose secrets come from the environment (REPSCOPE_ADMIN_TOKEN, REPSCOPE_WORKER_TOKEN)."""
+    from sqlalchemy.exc import IntegrityError
+
+    for name, secret, scope in (("bootstrap-admin", settings.admin_token, "admin"),
+                                ("bootstrap-worker", settings.worker_token, "worker")):
+        if not secret:
+            continue
+        for attempt in range(3):  # API replicas starting together race on the unique name
+            with sessionmaker() as session:
+                try:
+                    ensure_token(session, name, secret, [scope])
+                    break
+                except IntegrityError:
+                    session.rollback()
+                    if attempt == 2:
+                        raise
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -69,6 +144,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(exc)}, status_code=404)
         return TEMPLATES.TemplateResponse(request, "404.html", {"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(_: Request, exc: LoginRequired) -> Response:
+        return login_redirect(exc)
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""The data model of DESIGN.md: Project, Run, Dataset, Artifact, Evaluation, Metric, ApiToken."""
+"""The data model of DESIGN.md: Project, Run, Dataset, Artifact, Evaluation, Metric, ApiToken, Worker."""
 
 from __future__ import annotations
 
@@ -100,6 +100,8 @@ class Evaluation(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    queue: Mapped[str | None] = mapped_column(String(200), nullable=True)  # Celery queue it was last sent to
+    device: Mapped[str | None] = mapped_column(String(50), nullable=True)  # the claiming worker's device
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -136,3 +138,16 @@ class ApiToken(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Worker(Base):
+    """A worker as it introduced itself on its claims: device and the queues it took work from; last_seen is
+    renewed by every claim and heartbeat."""
+
+    __tablename__ = "workers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    device: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    queues: Mapped[str | None] = mapped_column(String(500), nullable=True)  # comma list, sorted
+    first_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

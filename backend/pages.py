@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
@@ -23,6 +23,7 @@ from sqlalchemy.orm import selectinload
 from backend import figures
 from backend.api.deps import SessionDep
 from backend.models import Artifact, Evaluation, Metric
+from backend.pages_auth import page_reader
 from backend.services import compare as compare_service
 from backend.services import evaluations as evaluation_service
 from backend.services import jobs as job_service
@@ -46,7 +47,8 @@ RADAR_KEYS = ("rankme", "rankme_centered", "stable_rank", "alpha_req", "uniformi
               "backdoor_risk")
 ARCH_SUGGESTIONS = ("resnet18_cifar", "resnet50", "vit_small", "vit_tiny")
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(page_reader)])
+assets_router = APIRouter(include_in_schema=False)  # public: the login page needs them too
 
 
 def _fmt(value: Any, spec: str = ".4g") -> str:
@@ -89,7 +91,7 @@ def _macros():  # noqa: ANN202
     return TEMPLATES.env.get_template("_macros.html").module
 
 
-@router.get("/static/vendor/plotly.min.js")
+@assets_router.get("/static/vendor/plotly.min.js")
 def plotly_js() -> FileResponse:
     """Plotly.js from the installed plotly package: no CDN, works offline."""
     path = resources.files("plotly") / "package_data" / "plotly.min.js"
@@ -289,6 +291,7 @@ def _jobs(session) -> dict[str, Any]:  # noqa: ANN001
             "queued": job_service.evaluations(session, status=Status.queued),
             "failed": job_service.evaluations(session, status=Status.failed),
             "retried": job_service.evaluations(session, retried=True),
+            "recent": job_service.recent(session),
             "workers": job_service.workers(session)}
 
 
@@ -301,7 +304,8 @@ def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
 def jobs_live(session: SessionDep) -> JSONResponse:
     jobs = _jobs(session)
     pending = jobs["counts"]["queued"] + jobs["counts"]["running"] > 0
-    return JSONResponse({"pending": pending, "html": {"jobs-body": str(_macros().jobs_body(**jobs))}})
+    return JSONResponse({"pending": pending, "workers": [w.to_json() for w in jobs["workers"]],
+                         "html": {"jobs-body": str(_macros().jobs_body(**jobs))}})
 
 
 @router.get("/datasets", response_class=HTMLResponse)

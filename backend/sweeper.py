@@ -44,14 +44,14 @@ def sweep_once(session: Session, queue: TaskQueue, settings: Settings) -> dict[s
             counts["recovered"] += 1
     session.commit()
 
-    due = session.scalars(select(Evaluation.id).where(
+    due = session.scalars(select(Evaluation).where(
         Evaluation.status == Status.queued.value,
         or_(Evaluation.enqueued_at.is_(None),
             Evaluation.enqueued_at < t - timedelta(seconds=settings.requeue_after_s)))
         .order_by(Evaluation.id).limit(1000)).all()
-    for evaluation_id in due:
-        if queue.send_evaluation(evaluation_id):
-            session.get(Evaluation, evaluation_id).enqueued_at = t
+    for evaluation in due:
+        if queue.send_evaluation(evaluation):
+            evaluation.enqueued_at = t
             counts["resent"] += 1
     session.commit()
     return counts

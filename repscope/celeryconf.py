@@ -13,6 +13,12 @@ from repscope.settings import Settings
 EVALUATE_TASK = "repscope.evaluate"
 
 
+def all_queues(settings: Settings) -> list[str]:
+    """Every queue the API sends to: `queue`, plus `light_queue` when light suites are routed apart."""
+    return [settings.queue] + ([settings.light_queue] if settings.light_queue and
+                               settings.light_queue != settings.queue else [])
+
+
 def broker_folders(settings: Settings) -> dict[str, Path]:
     root = settings.data_dir.resolve() / "broker"
     return {"queue": root / "queue", "processed": root / "processed", "control": root / "control"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from repscope.formats import (
     _WeightsOnlyUnpickler,
 )
 
+# what zipfile raises on a hostile archive besides BadZipFile (an unsupported zip version, a bad seek, ...)
+ZIP_DAMAGE = (NotImplementedError, OSError, EOFError, ValueError, IndexError)
 CHECKPOINT_FORMATS = ("torchscript", "export", "state_dict", "safetensors")
 NEEDS_ARCH = frozenset({"state_dict", "safetensors"})
 MAX_CHECKPOINT_MEMBERS = 100_000
@@ -119,6 +122,12 @@ def _inspect_zip(path) -> CheckpointInfo:
                 return _state_dict_info(path, zf, prefix)
     except zipfile.BadZipFile as exc:
         raise CheckpointError(f"checkpoint is not a valid zip archive (truncated?): {exc}") from None
+    except CheckpointError:
+        raise
+    except FormatError as exc:  # _check_zip_names: encrypted member, unsupported compression, duplicates
+        raise CheckpointError(str(exc)) from None
+    except ZIP_DAMAGE as exc:
+        raise CheckpointError(f"checkpoint zip archive is damaged or unsupported ({type(exc).__name__}: {exc})") from None
     raise CheckpointError("zip archive is neither TorchScript, torch.export nor a torch.save state_dict")
 
 
@@ -140,18 +149,23 @@ def _state_dict_info(path, zf: zipfile.ZipFile, prefix: str) -> CheckpointInfo:
                           tuple(list(tensors)[:8]))
 
 
-def _walk(obj: Any, prefix: str = ""):
-    """(dotted key, tensor) for every tensor in nested dicts (Lightning/DINO/MoCo save them nested)."""
-    if isinstance(obj, _Tensor):
-        yield prefix.rstrip("."), obj
-    elif isinstance(obj, _Inert):
-        return
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _walk(value, f"{prefix}{key}.")
-    elif isinstance(obj, list | tuple):
-        for i, value in enumerate(obj):
-            yield from _walk(value, f"{prefix}{i}.")
+def _walk(obj: Any) -> Iterator[tuple[str, _Tensor]]:
+    """(dotted key, tensor) for every tensor in nested dicts (Lightning/DINO/MoCo save them nested).
+
+    Iterative, and each dict / list / tuple is entered once: a hostile pickle's cycles, deep nesting or shared
+    references (a 'billion laughs' of lists) cost no more than the pickle's own size."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", obj)]
+    while stack:
+        prefix, node = stack.pop()
+        if isinstance(node, _Tensor):
+            yield prefix.rstrip("."), node
+            continue
+        if isinstance(node, _Inert) or not isinstance(node, dict | list | tuple) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        stack.extend(reversed([(f"{prefix}{key}.", value) for key, value in items]))
 
 
 def _safetensors_info(path) -> CheckpointInfo:

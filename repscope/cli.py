@@ -43,11 +43,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["REPSCOPE_DATA_DIR"] = str(settings.data_dir.resolve())
     os.environ.setdefault("REPSCOPE_API_URL", f"http://{_connect_host(settings.host)}:{settings.port}")
     upgrade(settings.resolved_database_url)
+    settings = _embedded_credentials(settings)
     print(f"repscope {__version__}: database {_redact(settings.resolved_database_url)}, "
           f"broker {_redact(settings.resolved_broker_url)}, data in {settings.data_dir.resolve()}", flush=True)
     worker = None
     if not args.no_worker:
-        worker = subprocess.Popen(worker_command(settings.queue, f"embedded-{os.getpid()}@%h"),
+        from repscope.celeryconf import all_queues
+
+        worker = subprocess.Popen(worker_command(",".join(all_queues(settings)), f"embedded-{os.getpid()}@%h"),
                                   start_new_session=False)
         print(f"worker started (pid {worker.pid})", flush=True)
     try:
@@ -57,6 +60,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if worker is not None:
             _stop(worker)
     return 0
+
+
+def _embedded_credentials(settings):  # noqa: ANN001, ANN202
+    """The worker subprocess gets a fresh worker token each start (unless REPSCOPE_WORKER_TOKEN is set); the
+    first start of an instance without an admin token creates one and keeps it in DATA_DIR/admin-token."""
+    import secrets
+
+    from backend.db import make_engine, make_sessionmaker
+    from backend.services import tokens as token_service
+    from repscope.settings import Settings
+
+    if not settings.worker_token:
+        os.environ["REPSCOPE_WORKER_TOKEN"] = token_service.TOKEN_PREFIX + secrets.token_urlsafe(32)
+        settings = Settings()
+    if settings.admin_token:
+        return settings
+    path = settings.data_dir / "admin-token"
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            if token_service.has_admin(session):
+                if path.exists():
+                    print(f"admin token: in {path.resolve()} (export REPSCOPE_TOKEN=$(cat {path}))", flush=True)
+                return settings
+            token, secret = token_service.create_token(session, "admin", ["admin"])
+    finally:
+        engine.dispose()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    print(f"created the first admin token (saved in {path.resolve()}, mode 600):\n  {secret}\n"
+          f"sign in to the web UI with it, or: export REPSCOPE_TOKEN=$(cat {path})", flush=True)
+    return settings
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -87,7 +123,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from repscope.settings import Settings
 
     settings = Settings()
-    cmd = worker_command(settings.queue, args.name, args.log_level)
+    cmd = worker_command(args.queues or settings.queue, args.name, args.log_level)
     os.execv(cmd[0], cmd)
     return 0  # not reached
 
@@ -278,7 +314,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="repscope", description="Measure how good a learned representation is, while it trains.",
-        epilog="Settings come from REPSCOPE_* environment variables (see README); flags override them.")
+        epilog="Settings come from REPSCOPE_* environment variables (see README); flags override them. Commands "
+               "that talk to a server (upload, runs, leaderboard, demo, token --url) send the API token in "
+               "REPSCOPE_TOKEN.")
     parser.add_argument("--version", action="version", version=f"repscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -297,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "to the API at REPSCOPE_API_URL. One worker per GPU.")
     worker.add_argument("--data-dir", help="shared data dir, if this machine sees the API's (else downloads)")
     worker.add_argument("--name", help="Celery node name, e.g. gpu0@%%h")
+    worker.add_argument("--queues", help="comma list of queues to consume (default REPSCOPE_QUEUE); e.g. the "
+                                         "REPSCOPE_LIGHT_QUEUE on a CPU-only worker")
     worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     worker.set_defaults(func=cmd_worker)
 
@@ -361,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print JSON")
     demo.add_argument("--url", default=default_url, help=url_help)
     demo.set_defaults(func=cmd_demo)
+
+    from repscope.cli_tokens import add_parser as add_token_parser
+
+    add_token_parser(sub)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True)

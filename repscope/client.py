@@ -23,6 +23,7 @@ import numpy as np
 
 from repscope.schemas import (
     FINISHED,
+    ClaimRequest,
     ClaimResponse,
     EvaluationPatch,
     EvaluationRead,
@@ -61,6 +62,14 @@ def _check(response: httpx.Response) -> httpx.Response:
     except ValueError:
         detail = response.text
     raise RepscopeError(response.status_code, str(detail))
+
+
+def _retry_after(response: httpx.Response, cap: float = 60.0) -> float:
+    """Seconds from a Retry-After header (delta-seconds form), 0 without one."""
+    try:
+        return min(max(float(response.headers.get("retry-after", 0)), 0.0), cap)
+    except ValueError:
+        return 0.0
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -146,9 +155,11 @@ class Client:
         return _check(self.http.get("/runs", params=params)).json()
 
     def _send(self, request: Callable[[], httpx.Response]) -> httpx.Response:
-        """Send with retries: connection errors and 429/502/503/504 are retried with exponential backoff.
+        """Send with retries: connection errors and 429/502/503/504 are retried with exponential backoff, or
+        after the server's Retry-After (capped at a minute) when it sends one, as a rate-limited 429 does.
         Only idempotent requests come here (GETs, and uploads carrying an Idempotency-Key)."""
         for attempt in range(self.retries + 1):
+            wait = min(self.backoff * 2**attempt, 30.0)
             try:
                 response = request()
             except httpx.TransportError as exc:
@@ -157,7 +168,8 @@ class Client:
             else:
                 if response.status_code not in RETRY_STATUS or attempt == self.retries:
                     return response
-            time.sleep(min(self.backoff * 2**attempt, 30.0))
+                wait = max(wait, _retry_after(response))
+            time.sleep(wait)
         raise AssertionError("unreachable")
 
     def _form(self, kind: str, step: int, dataset: str | None, suites: Iterable[str] | None,
@@ -211,9 +223,12 @@ class Client:
         return _check(self.http.get("/datasets")).json()
 
     # worker side ------------------------------------------------------------------------------
-    def claim(self, evaluation_id: int, worker: str) -> ClaimResponse | None:
-        """Take an evaluation; None when another delivery already has it (409)."""
-        response = self.http.post(f"/evaluations/{evaluation_id}/claim", json={"worker": worker})
+    def claim(self, evaluation_id: int, worker: str, *, device: str | None = None,
+              queue: str | None = None) -> ClaimResponse | None:
+        """Take an evaluation, saying where this worker runs it (device) and which queue delivered it;
+        None when another delivery already has it (409)."""
+        body = ClaimRequest(worker=worker, device=device, queue=queue).model_dump(exclude_none=True)
+        response = self.http.post(f"/evaluations/{evaluation_id}/claim", json=body)
         if response.status_code == 409:
             return None
         return ClaimResponse.model_validate(_check(response).json())

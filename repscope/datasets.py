@@ -10,20 +10,26 @@ refused before anything is extracted. The worker decodes images; the same guards
 
 from __future__ import annotations
 
+import lzma
 import os
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from repscope.formats import FormatError, _check_zip_names, _npz_member
+from repscope.formats import _check_zip_names, _npz_member
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
 MAX_COMPRESSION_RATIO = 100
+ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+# what zipfile, zlib and numpy raise on a hostile archive besides BadZipFile: an unsupported zip version or flag,
+# a seek to a negative offset, an empty or non-UTF-8 member name, a stream that ends early or does not inflate
+ZIP_DAMAGE = (NotImplementedError, OSError, EOFError, ValueError, IndexError, zlib.error, lzma.LZMAError)
 DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -87,6 +93,10 @@ def inspect_dataset(path: str | os.PathLike, filename: str | None = None,
     except zipfile.BadZipFile:
         raise DatasetError("dataset must be an .npz (images, labels) or an ImageFolder .zip; this file is "
                            "neither (or is truncated)") from None
+    except DatasetError:
+        raise
+    except ZIP_DAMAGE as exc:
+        raise DatasetError(f"dataset archive is damaged or unsupported ({type(exc).__name__}: {exc})") from None
 
 
 def _inspect_npz(path, zf: zipfile.ZipFile, limits: DatasetLimits) -> DatasetInfo:
@@ -94,8 +104,12 @@ def _inspect_npz(path, zf: zipfile.ZipFile, limits: DatasetLimits) -> DatasetInf
         _check_zip_names(zf.infolist(), 16)
         members = {i.filename.removesuffix(".npy"): _npz_member(path, zf, i, i.filename.removesuffix(".npy"))
                    for i in zf.infolist()}
-    except FormatError as exc:
+    except (ValueError, EOFError, zlib.error) as exc:  # FormatError, or numpy / zlib on a damaged member
         raise DatasetError(f"invalid dataset .npz: {exc}") from None
+    expanded = sum(i.file_size for i in zf.infolist())
+    if expanded > limits.max_expanded_bytes:
+        raise DatasetError(f"dataset .npz expands to {expanded} bytes, more than the limit of "
+                           f"{limits.max_expanded_bytes}")
     images, labels = members.get("images"), members.get("labels")
     if images is None:
         raise DatasetError("dataset .npz needs an 'images' array (uint8, N x H x W x C)")
@@ -108,17 +122,28 @@ def _inspect_npz(path, zf: zipfile.ZipFile, limits: DatasetLimits) -> DatasetInf
     n = images.shape[0]
     if n < 1 or n > limits.max_images:
         raise DatasetError(f"dataset has {n} images; between 1 and {limits.max_images} are accepted")
-    label_values = np.asarray(labels.load())
-    if label_values.shape != (n,) or not np.issubdtype(label_values.dtype, np.integer):
-        raise DatasetError(f"'labels' must be an integer array of length {n}; got {label_values.dtype} "
-                           f"{label_values.shape}")
+    if labels.shape != (n,) or labels.dtype.kind not in "iu":  # from the header: nothing loaded yet
+        raise DatasetError(f"'labels' must be an integer array of length {n}; got {labels.dtype} {labels.shape}")
+    label_values = _load(labels, "labels")
+    if label_values.size and label_values.min() < 0:
+        raise DatasetError(f"'labels' must be non-negative class indices; found {label_values.min()}")
     has_split = "split" in members
     if has_split:
-        split = np.asarray(members["split"].load())
-        if split.shape != (n,) or not np.isin(split, (0, 1)).all():
+        if members["split"].shape != (n,):
+            raise DatasetError(f"'split' must hold {n} values, each 0 (train) or 1 (test)")
+        split = _load(members["split"], "split")
+        if not np.isin(split, (0, 1)).all():
             raise DatasetError(f"'split' must hold {n} values, each 0 (train) or 1 (test)")
     classes = [str(c) for c in np.unique(label_values)]
     return DatasetInfo("npz", n, list(images.shape[1:]), classes, has_split)
+
+
+def _load(member, key: str) -> np.ndarray:  # noqa: ANN001 - a repscope.formats._Member
+    """A small array's values; a stream that ends early or does not inflate is the file's problem."""
+    try:
+        return np.asarray(member.load())
+    except (ValueError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"invalid dataset .npz: '{key}' is unreadable: {exc}") from None
 
 
 def safe_member(info: zipfile.ZipInfo) -> str | None:
@@ -133,6 +158,15 @@ def safe_member(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+def _unreadable(info: zipfile.ZipInfo) -> str | None:
+    """Why a member cannot be read without a password or a codec this Python lacks, or None."""
+    if info.flag_bits & 0x1:
+        return f"zip member {info.filename!r} is encrypted"
+    if info.compress_type not in ZIP_METHODS:
+        return f"zip member {info.filename!r} uses an unsupported compression method ({info.compress_type})"
+    return None
+
+
 def _inspect_image_folder(zf: zipfile.ZipFile, limits: DatasetLimits) -> DatasetInfo:
     infos = zf.infolist()
     if len(infos) > limits.max_members:
@@ -140,7 +174,7 @@ def _inspect_image_folder(zf: zipfile.ZipFile, limits: DatasetLimits) -> Dataset
     total = 0
     images: list[zipfile.ZipInfo] = []
     for info in infos:
-        problem = safe_member(info)
+        problem = safe_member(info) or _unreadable(info)
         if problem:
             raise DatasetError(problem)
         if info.is_dir() or info.filename.split("/")[-1].startswith("."):
@@ -166,8 +200,11 @@ def _inspect_image_folder(zf: zipfile.ZipFile, limits: DatasetLimits) -> Dataset
     elif depth != {2}:
         raise DatasetError("ImageFolder zip must hold <class>/<image> (optionally under one top folder)")
     for info in images:
-        with zf.open(info) as f:
-            head = f.read(12)
+        try:
+            with zf.open(info) as f:
+                head = f.read(12)
+        except (zlib.error, lzma.LZMAError, EOFError, OSError) as exc:  # OSError: a damaged bzip2 stream
+            raise DatasetError(f"zip member {info.filename!r} is corrupt: {exc}") from None
         if not (head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
             raise DatasetError(f"zip member {info.filename!r} is not a PNG, JPEG, BMP, GIF or WebP image")
     counts: dict[str, int] = {}

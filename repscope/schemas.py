@@ -114,6 +114,8 @@ class EvaluationRead(_Read):
     error: str | None
     attempts: int
     worker: str | None
+    queue: str | None = None  # the Celery queue it was last sent to
+    device: str | None = None  # the device its worker reported when claiming it
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -123,6 +125,8 @@ class EvaluationRead(_Read):
 
 class ClaimRequest(BaseModel):
     worker: str = Field(max_length=200)
+    device: str | None = Field(default=None, max_length=50, description="where the worker runs suites, e.g. cuda")
+    queue: str | None = Field(default=None, max_length=200, description="the queue the task was delivered from")
 
 
 class ClaimResponse(BaseModel):
@@ -153,7 +157,7 @@ class EvaluationResultIn(BaseModel):
 class MetricsLog(BaseModel):
     """Scalars a training job logs itself (loss, lr, its own probe...), charted beside repscope's metrics."""
 
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=2**62)  # as an upload's step: a SQL BIGINT holds it on every database
     metrics: dict[str, float] = Field(min_length=1, max_length=200)
 
 
@@ -176,3 +180,26 @@ class Health(BaseModel):
     broker: str
     workers_seen: list[str]
     version: str
+
+
+class TokenCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=100, description="unique name, e.g. 'alice' or 'cluster-gpu0'")
+    scopes: list[str] = Field(min_length=1, max_length=4, description="read, write, worker and/or admin")
+
+
+class TokenRead(_Read):
+    id: int
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    last_used: datetime | None = None
+
+
+class TokenCreated(TokenRead):
+    token: str = Field(description="the secret; shown once, store it now")
+
+
+class WhoAmI(BaseModel):
+    name: str
+    scopes: list[str]
+    via: str  # bearer | cookie | anonymous

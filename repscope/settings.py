@@ -36,12 +36,43 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     task_time_limit_s: float | None = 3600.0  # an evaluation running longer is stopped and marked failed
 
+    # Dataset uploads: limits checked on the archive's directory before anything is extracted.
+    max_dataset_images: int = 2_000_000
+    max_zip_members: int = 200_000
+    max_zip_expanded_bytes: int = 20 * 1024**3
+    # JSON request bodies (counted while they stream in); worker results carry figure data, so they get more.
+    max_json_bytes: int = 1024**2
+    max_result_bytes: int = 256 * 1024**2
+
+    # Auth. Writes always need a token; reads need one unless public_read. Tokens are stored as sha256 hashes.
+    public_read: bool = False
+    # Bootstrap secrets: at start the API makes sure a token with this secret exists (admin / worker scope).
+    # A worker uses worker_token (else REPSCOPE_TOKEN) as its credential.
+    admin_token: str | None = None
+    worker_token: str | None = None
+    # Signs browser session cookies; default: a random key kept in data_dir/secret_key (share it across replicas).
+    secret_key: str | None = None
+    session_max_age_s: float = 7 * 24 * 3600.0
+    cookie_secure: bool | None = None  # None: Secure when the request came over https
+    # Requests per minute per token (per client address for anonymous reads), per API process; 0 = no limit.
+    rate_limit_per_minute: int = 3000
+    rate_limit_burst: int = 300
+
+    # Routing: when light_queue is set, evaluations of the light suites go there and the rest to `queue`
+    # (e.g. queue=gpu for embedding, probes, equivariance and backdoor; light_queue=cpu for spectrum).
+    light_queue: str | None = None
+    light_suites: str = "spectrum"
+
     # Server-side dataset folders may only be registered under these roots (":"-separated paths).
     dataset_roots: str = ""
 
     # Worker: where a worker that does not share data_dir keeps downloaded artifacts; device for suites.
     worker_cache_dir: Path | None = None
     device: str | None = None  # "cuda", "cpu" or None = cuda when available
+
+    @property
+    def light_suite_names(self) -> frozenset[str]:
+        return frozenset(s.strip() for s in self.light_suites.split(",") if s.strip())
 
     @property
     def dataset_root_paths(self) -> list[Path]:

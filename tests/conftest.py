@@ -3,14 +3,24 @@ has only torch and numpy (the GPU box)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Credentials every test deployment starts with (REPSCOPE_ADMIN_TOKEN / REPSCOPE_WORKER_TOKEN on the server).
+# Clients made in the test process pick up REPSCOPE_TOKEN, as a training job would.
+ADMIN_TOKEN = "rs_test-admin-0123456789abcdef"
+WORKER_TOKEN = "rs_test-worker-0123456789abcdef"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+os.environ["REPSCOPE_TOKEN"] = ADMIN_TOKEN
 
 
 @pytest.fixture
 def settings(tmp_path):
     from repscope.settings import Settings
 
-    return Settings(data_dir=tmp_path / "data", max_upload_bytes=5_000_000, requeue_after_s=60, lease_s=30)
+    return Settings(data_dir=tmp_path / "data", max_upload_bytes=5_000_000, requeue_after_s=60, lease_s=30,
+                    admin_token=ADMIN_TOKEN, worker_token=WORKER_TOKEN)
 
 
 @pytest.fixture
@@ -22,10 +32,11 @@ def app(settings):
 
 @pytest.fixture
 def api(app):
-    """The real FastAPI app over its real SQLite database and filesystem broker (no worker consumes)."""
+    """The real FastAPI app over its real SQLite database and filesystem broker (no worker consumes), called
+    with the admin token."""
     from fastapi.testclient import TestClient
 
-    with TestClient(app) as client:
+    with TestClient(app, headers=ADMIN_HEADERS) as client:
         yield client
 
 

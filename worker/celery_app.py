@@ -20,7 +20,7 @@ _client: Client | None = None
 def api_client() -> Client:
     global _client
     if _client is None:
-        _client = Client(settings.api_url)
+        _client = Client(settings.api_url, token=settings.worker_token)  # else REPSCOPE_TOKEN
     return _client
 
 
@@ -29,4 +29,5 @@ def evaluate(self, evaluation_id: int) -> str:  # noqa: ANN001
     from worker.engine import run_evaluation
 
     worker_name = self.request.hostname or f"worker@{socket.gethostname()}"
-    return run_evaluation(int(evaluation_id), api_client(), worker_name, settings)
+    queue = (self.request.delivery_info or {}).get("routing_key") or settings.queue
+    return run_evaluation(int(evaluation_id), api_client(), worker_name, settings, queue=queue)

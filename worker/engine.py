@@ -107,6 +107,12 @@ def dataset_images(name: str | None, n: int, client: Client, settings: Settings)
     return fetch_dataset(name, client, settings).images
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's CPU allocator failure or CUDA's OOM (torch.OutOfMemoryError is a RuntimeError)."""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
 def _free_device_memory() -> None:
     import gc
 
@@ -117,25 +123,27 @@ def _free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def run_evaluation(evaluation_id: int, client: Client, worker_name: str, settings: Settings) -> str:
-    """Returns 'skipped' (someone else has it), 'succeeded' or 'failed'."""
-    claim = client.claim(evaluation_id, worker_name)
+def run_evaluation(evaluation_id: int, client: Client, worker_name: str, settings: Settings,
+                   queue: str | None = None) -> str:
+    """Returns 'skipped' (someone else has it), 'succeeded' or 'failed'. The claim tells the API this worker's
+    device and the queue that delivered the task (the jobs page shows both)."""
+    device = pick_device(settings.device)
+    claim = client.claim(evaluation_id, worker_name, device=device, queue=queue)
     if claim is None:
         log.info("evaluation %s already claimed elsewhere; skipping", evaluation_id)
         return "skipped"
     with Heartbeat(client, evaluation_id, worker_name, settings.heartbeat_s):
-        return _run_claimed(claim, evaluation_id, client, worker_name, settings)
+        return _run_claimed(claim, evaluation_id, client, worker_name, settings, device)
 
 
 def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worker_name: str,
-                 settings: Settings) -> str:
+                 settings: Settings, device: str) -> str:
     suite = claim.evaluation.suite
     try:
         runner = SUITES.get(suite)
         on_encoder = claim.artifact.kind == "checkpoint" and suite in CHECKPOINT_SUITES
         if runner is None and suite != EMBED_STEP and not on_encoder:
             raise ValueError(f"this worker cannot run suite {suite!r}; it has {sorted(SUITES)}")
-        device = pick_device(settings.device)
         client.report(evaluation_id, worker=worker_name, progress=0.0,
                       message=f"loading {claim.artifact.format} artifact")
         path = artifact_path(claim, client, settings)
@@ -159,12 +167,15 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable `failed` evaluation
         log.exception("evaluation %s failed", evaluation_id)
-        if "out of memory" in str(exc).lower():
+        headline = f"{type(exc).__name__}: {exc}"
+        if is_out_of_memory(exc):
             _free_device_memory()
+            headline = (f"out of memory on {device or 'the worker'}: the suite needed more memory than this worker "
+                        f"has (run it on a larger worker, or upload fewer rows / dimensions). {headline}")
         tail = "".join(traceback.format_exception(exc)[-3:])
         try:
             client.report(evaluation_id, worker=worker_name, status="failed",
-                          error=f"{type(exc).__name__}: {exc}\n\n{tail}"[:20000])
+                          error=f"{headline}\n\n{tail}"[:20000])
         except RepscopeError as refused:  # reassigned after our lease expired: the new holder reports
             log.warning("could not mark evaluation %s failed: %s", evaluation_id, refused)
         return "failed"

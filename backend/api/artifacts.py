@@ -8,7 +8,8 @@ from fastapi.responses import FileResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
-from backend.api.deps import QueueDep, SessionDep, SettingsDep, StoreDep
+from backend.api.deps import CanRead, CanUpload, QueueDep, SessionDep, SettingsDep, StoreDep
+from backend.api.params import SqlInt
 from backend.multipart import receive_file_or_4xx
 from backend.services import runs as run_service
 from backend.services.artifacts import (
@@ -26,7 +27,7 @@ from backend.services.evaluations import now
 from repscope.schemas import ArtifactRead, UploadAccepted
 from repscope.suites import parse_suites
 
-router = APIRouter(tags=["artifacts"])
+router = APIRouter(tags=["artifacts"], dependencies=[CanRead])
 DEFAULT_CHECKPOINT_DATASET = "digits"
 
 UPLOAD_FORM_SCHEMA = {
@@ -128,9 +129,9 @@ def _register(session, store, run, form, fields: UploadFields, settings, idempot
                                parent=parent, cache_key=fields.cache_key, idempotency_key=idempotency_key)
 
 
-@router.post("/runs/{run_id}/artifacts", status_code=202, response_model=UploadAccepted,
+@router.post("/runs/{run_id}/artifacts", status_code=202, dependencies=[CanUpload], response_model=UploadAccepted,
              openapi_extra=UPLOAD_FORM_SCHEMA)
-async def upload_artifact(run_id: int, request: Request, session: SessionDep, store: StoreDep,
+async def upload_artifact(run_id: SqlInt, request: Request, session: SessionDep, store: StoreDep,
                           queue: QueueDep, settings: SettingsDep) -> UploadAccepted:
     """Stream an embeddings file or a checkpoint into the store, validate it, and queue its evaluations."""
     run = await run_in_threadpool(run_service.get_run, session, run_id)
@@ -172,18 +173,18 @@ def _accepted(registered) -> UploadAccepted:  # noqa: ANN001
 
 def _enqueue(session, queue, evaluations) -> None:  # noqa: ANN001
     for evaluation in evaluations:
-        if queue.send_evaluation(evaluation.id):
+        if queue.send_evaluation(evaluation):
             evaluation.enqueued_at = now()
     session.commit()
 
 
 @router.get("/artifacts/{artifact_id}", response_model=ArtifactRead)
-def read_artifact(artifact_id: int, session: SessionDep) -> ArtifactRead:
+def read_artifact(artifact_id: SqlInt, session: SessionDep) -> ArtifactRead:
     return artifact_read(get_artifact(session, artifact_id))
 
 
 @router.get("/artifacts/{artifact_id}/file", response_class=FileResponse)
-def download_artifact(artifact_id: int, session: SessionDep, store: StoreDep) -> FileResponse:
+def download_artifact(artifact_id: SqlInt, session: SessionDep, store: StoreDep) -> FileResponse:
     artifact = get_artifact(session, artifact_id)
     path = store.path(artifact.storage_key)
     if not path.is_file():

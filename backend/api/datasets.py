@@ -4,13 +4,13 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from backend.api.deps import SessionDep, SettingsDep, StoreDep
+from backend.api.deps import CanAdmin, CanRead, CanWrite, SessionDep, SettingsDep, StoreDep
 from backend.multipart import receive_file_or_4xx
 from backend.services import datasets as service
 from repscope.datasets import DatasetError, DatasetLimits
 from repscope.schemas import DatasetFolderCreate, DatasetRead
 
-router = APIRouter(tags=["datasets"])
+router = APIRouter(tags=["datasets"], dependencies=[CanRead])
 
 DATASET_FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file", "name"],
@@ -42,7 +42,12 @@ def download_dataset(name: str, session: SessionDep, store: StoreDep) -> FileRes
                         filename=f"{name}.{'npz' if dataset.format == 'npz' else 'zip'}")
 
 
-@router.post("/datasets", status_code=201, response_model=DatasetRead, openapi_extra=DATASET_FORM_SCHEMA)
+def dataset_limits(settings) -> DatasetLimits:  # noqa: ANN001
+    return DatasetLimits(max_images=settings.max_dataset_images, max_members=settings.max_zip_members,
+                         max_expanded_bytes=settings.max_zip_expanded_bytes)
+
+
+@router.post("/datasets", status_code=201, dependencies=[CanWrite], response_model=DatasetRead, openapi_extra=DATASET_FORM_SCHEMA)
 async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
                          settings: SettingsDep) -> DatasetRead:
     """Upload a dataset (.npz or ImageFolder .zip), validated before it is stored."""
@@ -50,7 +55,7 @@ async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
     try:
         dataset = await run_in_threadpool(
             service.register_upload, session, store, form.file, name=form.fields.get("name", "").strip(),
-            filename=form.filename, description=form.fields.get("description"), limits=DatasetLimits())
+            filename=form.filename, description=form.fields.get("description"), limits=dataset_limits(settings))
     except DatasetError as exc:
         raise HTTPException(422, str(exc)) from None
     finally:
@@ -58,7 +63,7 @@ async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
     return DatasetRead.model_validate(dataset)
 
 
-@router.post("/datasets/folder", status_code=201, response_model=DatasetRead)
+@router.post("/datasets/folder", status_code=201, dependencies=[CanAdmin], response_model=DatasetRead)
 def register_folder(body: DatasetFolderCreate, session: SessionDep, settings: SettingsDep) -> DatasetRead:
     """Register an ImageFolder on the server's disk (under REPSCOPE_DATASET_ROOTS)."""
     try:

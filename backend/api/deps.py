@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from backend.queue import TaskQueue
+from backend.security import Principal, authorize
 from backend.storage import ArtifactStore
 from repscope.settings import Settings
 
@@ -34,3 +35,20 @@ SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ArtifactStore, Depends(get_store)]
 QueueDep = Annotated[TaskQueue, Depends(get_queue)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def require(scope: str, *also: str):  # noqa: ANN201
+    """Dependency: the caller must hold `scope` (or one of `also`); see backend.security.authorize."""
+
+    def dependency(request: Request, session: SessionDep) -> Principal:
+        return authorize(request, session, scope, also=also)
+
+    dependency.__name__ = "require_" + "_or_".join((scope, *also))  # read by backend.app for the API docs
+    return dependency
+
+
+CanRead = Depends(require("read"))
+CanWrite = Depends(require("write"))
+CanWork = Depends(require("worker"))
+CanAdmin = Depends(require("admin"))
+CanUpload = Depends(require("write", "worker"))  # derived embeddings come from workers

@@ -4,7 +4,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from backend.api.deps import SessionDep, SettingsDep, StoreDep
+from backend.api.deps import CanRead, CanWork, SessionDep, SettingsDep, StoreDep
+from backend.api.params import SQL_INT_MAX, SqlInt
 from backend.services import evaluations as service
 from backend.services.artifacts import artifact_read
 from repscope.schemas import (
@@ -17,13 +18,13 @@ from repscope.schemas import (
     Status,
 )
 
-router = APIRouter(tags=["evaluations"])
+router = APIRouter(tags=["evaluations"], dependencies=[CanRead])
 
 
 @router.get("/evaluations", response_model=Page[EvaluationRead])
-def list_evaluations(session: SessionDep, run: int | None = None, suite: str | None = None,
+def list_evaluations(session: SessionDep, run: SqlInt | None = None, suite: str | None = None,
                      status: Status | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 50,
-                     offset: Annotated[int, Query(ge=0)] = 0) -> Page[EvaluationRead]:
+                     offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0) -> Page[EvaluationRead]:
     items, total = service.list_evaluations(session, run_id=run, suite=suite, status=status, limit=limit,
                                             offset=offset)
     return Page(items=[service.evaluation_read(e, with_result=False) for e in items], total=total,
@@ -31,15 +32,16 @@ def list_evaluations(session: SessionDep, run: int | None = None, suite: str | N
 
 
 @router.get("/evaluations/{evaluation_id}", response_model=EvaluationRead)
-def get_evaluation(evaluation_id: int, session: SessionDep) -> EvaluationRead:
+def get_evaluation(evaluation_id: SqlInt, session: SessionDep) -> EvaluationRead:
     return service.evaluation_read(service.get_evaluation(session, evaluation_id))
 
 
-@router.post("/evaluations/{evaluation_id}/claim", response_model=ClaimResponse)
-def claim_evaluation(evaluation_id: int, body: ClaimRequest, request: Request, session: SessionDep,
+@router.post("/evaluations/{evaluation_id}/claim", dependencies=[CanWork], response_model=ClaimResponse)
+def claim_evaluation(evaluation_id: SqlInt, body: ClaimRequest, request: Request, session: SessionDep,
                      store: StoreDep, settings: SettingsDep) -> ClaimResponse:
     """Worker only: take the evaluation (409 when another delivery already has it)."""
-    evaluation = service.claim(session, evaluation_id, body.worker, settings.lease_s)
+    evaluation = service.claim(session, evaluation_id, body.worker, settings.lease_s, device=body.device,
+                               queue=body.queue)
     artifact = evaluation.artifact
     return ClaimResponse(
         evaluation=service.evaluation_read(evaluation, with_result=False),
@@ -49,13 +51,13 @@ def claim_evaluation(evaluation_id: int, body: ClaimRequest, request: Request, s
     )
 
 
-@router.patch("/evaluations/{evaluation_id}", response_model=EvaluationRead)
-def patch_evaluation(evaluation_id: int, body: EvaluationPatch, session: SessionDep) -> EvaluationRead:
+@router.patch("/evaluations/{evaluation_id}", dependencies=[CanWork], response_model=EvaluationRead)
+def patch_evaluation(evaluation_id: SqlInt, body: EvaluationPatch, session: SessionDep) -> EvaluationRead:
     """Worker only: progress, message, or status=failed with an error."""
     return service.evaluation_read(service.patch(session, evaluation_id, body), with_result=False)
 
 
-@router.post("/evaluations/{evaluation_id}/result", response_model=EvaluationRead)
-def post_result(evaluation_id: int, body: EvaluationResultIn, session: SessionDep) -> EvaluationRead:
+@router.post("/evaluations/{evaluation_id}/result", dependencies=[CanWork], response_model=EvaluationRead)
+def post_result(evaluation_id: SqlInt, body: EvaluationResultIn, session: SessionDep) -> EvaluationRead:
     """Worker only: metrics, figure data, variant and warnings; marks the evaluation succeeded."""
     return service.evaluation_read(service.store_result(session, evaluation_id, body))

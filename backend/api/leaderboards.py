@@ -6,10 +6,10 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse, Response
 
-from backend.api.deps import SessionDep
+from backend.api.deps import CanRead, SessionDep
 from backend.services import leaderboards as service
 
-router = APIRouter(tags=["leaderboards"])
+router = APIRouter(tags=["leaderboards"], dependencies=[CanRead])
 
 
 @router.get("/leaderboards")

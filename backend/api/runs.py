@@ -4,13 +4,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response
 
-from backend.api.deps import SessionDep
+from backend.api.deps import CanRead, CanWrite, SessionDep
+from backend.api.params import SQL_INT_MAX, SqlInt
 from backend.services import metrics as metric_service
 from backend.services import runs as run_service
 from backend.services.artifacts import artifact_read, list_run_artifacts
 from repscope.schemas import ArtifactRead, MetricSeries, MetricsLog, Page, ProjectRead, RunCreate, RunRead
 
-router = APIRouter(tags=["runs"])
+router = APIRouter(tags=["runs"], dependencies=[CanRead])
 
 
 @router.get("/projects", response_model=list[ProjectRead])
@@ -18,7 +19,7 @@ def list_projects(session: SessionDep) -> list[ProjectRead]:
     return run_service.list_projects(session)
 
 
-@router.post("/runs", response_model=RunRead, status_code=200,
+@router.post("/runs", response_model=RunRead, dependencies=[CanWrite], status_code=200,
              responses={201: {"model": RunRead, "description": "run created"}})
 def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunRead:
     """Get-or-create a run by (project, name): 201 when created, 200 when it already existed."""
@@ -30,18 +31,18 @@ def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunR
 @router.get("/runs", response_model=Page[RunRead])
 def list_runs(session: SessionDep, project: str | None = None, tag: str | None = None, q: str | None = None,
               limit: Annotated[int, Query(ge=1, le=500)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> Page[RunRead]:
+              offset: Annotated[int, Query(ge=0, le=SQL_INT_MAX)] = 0) -> Page[RunRead]:
     items, total = run_service.list_runs(session, project=project, tag=tag, q=q, limit=limit, offset=offset)
     return Page(items=[run_service.run_read(r) for r in items], total=total, limit=limit, offset=offset)
 
 
 @router.get("/runs/{run_id}", response_model=RunRead)
-def get_run(run_id: int, session: SessionDep) -> RunRead:
+def get_run(run_id: SqlInt, session: SessionDep) -> RunRead:
     return run_service.run_read(run_service.get_run(session, run_id))
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricSeries | list[str])
-def run_metrics(run_id: int, session: SessionDep, key: str | None = None,
+def run_metrics(run_id: SqlInt, session: SessionDep, key: str | None = None,
                 dataset: str | None = None) -> MetricSeries | list[str]:
     """With `key`: that metric over training step (only `dataset`'s points when given; each point names its
     dataset). Without: the metric keys this run has."""
@@ -51,8 +52,8 @@ def run_metrics(run_id: int, session: SessionDep, key: str | None = None,
     return metric_service.series(session, run_id, key, dataset)
 
 
-@router.post("/runs/{run_id}/metrics", status_code=201)
-def log_run_metrics(run_id: int, body: MetricsLog, session: SessionDep) -> dict[str, int]:
+@router.post("/runs/{run_id}/metrics", status_code=201, dependencies=[CanWrite])
+def log_run_metrics(run_id: SqlInt, body: MetricsLog, session: SessionDep) -> dict[str, int]:
     """Scalars from the training job itself (loss, learning rate...), charted beside the computed metrics."""
     run_service.get_run(session, run_id)
     try:
@@ -63,6 +64,6 @@ def log_run_metrics(run_id: int, body: MetricsLog, session: SessionDep) -> dict[
 
 
 @router.get("/runs/{run_id}/artifacts", response_model=list[ArtifactRead])
-def run_artifacts(run_id: int, session: SessionDep) -> list[ArtifactRead]:
+def run_artifacts(run_id: SqlInt, session: SessionDep) -> list[ArtifactRead]:
     run_service.get_run(session, run_id)
     return [artifact_read(a) for a in list_run_artifacts(session, run_id)]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric
 from backend.services import Conflict, NotFound
+from backend.services import workers as worker_registry
 from repscope.schemas import EvaluationPatch, EvaluationRead, EvaluationResultIn, Status
 
 
@@ -35,7 +36,8 @@ def evaluation_read(evaluation: Evaluation, *, with_result: bool = True) -> Eval
         id=evaluation.id, artifact_id=evaluation.artifact_id, run_id=artifact.run_id, step=artifact.step,
         suite=evaluation.suite, params=evaluation.params or {}, status=Status(evaluation.status),
         progress=evaluation.progress, message=evaluation.message, error=evaluation.error,
-        attempts=evaluation.attempts, worker=evaluation.worker, created_at=evaluation.created_at,
+        attempts=evaluation.attempts, worker=evaluation.worker, queue=evaluation.queue, device=evaluation.device,
+        created_at=evaluation.created_at,
         started_at=evaluation.started_at, finished_at=evaluation.finished_at,
         metrics={m.key: m.value for m in evaluation.metrics},
         result=evaluation.result if with_result else None,
@@ -56,8 +58,10 @@ def list_evaluations(session: Session, *, run_id: int | None = None, suite: str 
     return list(items), total
 
 
-def claim(session: Session, evaluation_id: int, worker: str, lease_s: float) -> Evaluation:
-    """Atomically move a queued (or lease-expired running) evaluation to running for this worker."""
+def claim(session: Session, evaluation_id: int, worker: str, lease_s: float, *, device: str | None = None,
+          queue: str | None = None) -> Evaluation:
+    """Atomically move a queued (or lease-expired running) evaluation to running for this worker, and record the
+    worker with the device and queue it reported."""
     t = now()
     stale = t - timedelta(seconds=lease_s)
     result = session.execute(
@@ -66,12 +70,13 @@ def claim(session: Session, evaluation_id: int, worker: str, lease_s: float) -> 
                or_(Evaluation.status == Status.queued.value,
                    and_(Evaluation.status == Status.running.value, Evaluation.heartbeat_at < stale)))
         .values(status=Status.running.value, worker=worker, attempts=Evaluation.attempts + 1,
-                started_at=t, heartbeat_at=t, progress=0.0, message="claimed", error=None)
+                started_at=t, heartbeat_at=t, progress=0.0, message="claimed", error=None, device=device)
     )
     session.commit()
     evaluation = get_evaluation(session, evaluation_id)
     if result.rowcount != 1:
         raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}, not claimable")
+    worker_registry.record_claim(session, worker, device=device, queue=queue, at=t)
     session.refresh(evaluation)
     return evaluation
 
@@ -92,6 +97,7 @@ def patch(session: Session, evaluation_id: int, body: EvaluationPatch) -> Evalua
     if body.message is not None:
         evaluation.message = body.message
     evaluation.heartbeat_at = now()
+    worker_registry.touch(session, evaluation.worker, evaluation.heartbeat_at)
     if body.status is not None:
         if body.status not in (Status.failed, Status.running):
             raise Conflict("a PATCH may only set status 'failed'; results are POSTed to /result")
@@ -120,6 +126,7 @@ def store_result(session: Session, evaluation_id: int, body: EvaluationResultIn)
     evaluation.progress = 1.0
     evaluation.message = "done"
     evaluation.finished_at = evaluation.heartbeat_at = now()
+    worker_registry.touch(session, evaluation.worker, evaluation.finished_at)
     session.commit()
     session.refresh(evaluation)
     return evaluation

@@ -10,7 +10,8 @@ from sqlalchemy.orm import Session, joinedload
 
 from backend.models import Artifact, Evaluation, Run
 from backend.services.evaluations import now
-from repscope.schemas import Status
+from backend.services.workers import all_workers
+from repscope.schemas import FINISHED, Status
 
 ACTIVE_WITHIN = timedelta(hours=1)
 
@@ -18,12 +19,19 @@ ACTIVE_WITHIN = timedelta(hours=1)
 @dataclass
 class WorkerSeen:
     name: str
-    device: str | None       # from the newest finished result's variant["device"] (None before any result)
+    device: str | None       # as reported on its claims; else the newest result's variant["device"]
+    queues: str | None       # comma list of the queues it took work from (None before it reported one)
     last_seen: datetime | None
-    active: bool             # heartbeat within ACTIVE_WITHIN
+    active: bool             # claim or heartbeat within ACTIVE_WITHIN
     running: int
     succeeded: int
     failed: int
+
+    def to_json(self) -> dict[str, object]:
+        """The row as /jobs/live sends it (ISO time)."""
+        return {"name": self.name, "device": self.device, "queues": self.queues,
+                "last_seen": self.last_seen.isoformat() if self.last_seen else None, "active": self.active,
+                "running": self.running, "succeeded": self.succeeded, "failed": self.failed}
 
 
 def _aware(t: datetime | None) -> datetime | None:
@@ -51,8 +59,17 @@ def evaluations(session: Session, *, status: Status | None = None, retried: bool
     return list(session.scalars(stmt.limit(limit)).unique())
 
 
-def workers(session: Session) -> list[WorkerSeen]:
-    """Every worker named on an evaluation, newest first, with the device its latest result ran on."""
+def recent(session: Session, limit: int = 20) -> list[Evaluation]:
+    """The latest finished evaluations (newest first), with their worker, device and queue."""
+    stmt = (select(Evaluation)
+            .options(joinedload(Evaluation.artifact).joinedload(Artifact.run).joinedload(Run.project))
+            .where(Evaluation.status.in_([s.value for s in FINISHED]))
+            .order_by(Evaluation.finished_at.desc().nulls_last(), Evaluation.id.desc()))
+    return list(session.scalars(stmt.limit(limit)).unique())
+
+
+def _evaluation_counts(session: Session) -> dict[str, tuple]:
+    """Per worker named on an evaluation: (last activity, running, succeeded, failed)."""
     seen = func.max(func.coalesce(Evaluation.heartbeat_at, Evaluation.finished_at, Evaluation.started_at))
     rows = session.execute(
         select(Evaluation.worker, seen,
@@ -60,15 +77,36 @@ def workers(session: Session) -> list[WorkerSeen]:
                func.sum(case((Evaluation.status == Status.succeeded.value, 1), else_=0)),
                func.sum(case((Evaluation.status == Status.failed.value, 1), else_=0)))
         .where(Evaluation.worker.is_not(None)).group_by(Evaluation.worker)).all()
+    return {name: tuple(rest) for name, *rest in rows}
+
+
+def _result_device(session: Session, name: str) -> str | None:
+    """The device of the worker's newest succeeded result (workers that claimed before devices were reported)."""
+    result = session.scalar(select(Evaluation.result).where(Evaluation.worker == name,
+                                                            Evaluation.status == Status.succeeded.value)
+                            .order_by(Evaluation.id.desc()).limit(1))
+    device = ((result or {}).get("variant") or {}).get("device")
+    return str(device) if device is not None else None
+
+
+def _latest(*times: datetime | None) -> datetime | None:
+    known = [t for t in map(_aware, times) if t is not None]
+    return max(known) if known else None
+
+
+def workers(session: Session) -> list[WorkerSeen]:
+    """Every worker that introduced itself on a claim or is named on an evaluation, most recently seen first,
+    with its device, its queues and its evaluation counts."""
+    counts = _evaluation_counts(session)
+    registered = {w.name: w for w in all_workers(session)}
     t = now()
     out = []
-    for name, last, running, succeeded, failed in rows:
-        result = session.scalar(select(Evaluation.result).where(Evaluation.worker == name,
-                                                                Evaluation.status == Status.succeeded.value)
-                                .order_by(Evaluation.id.desc()).limit(1))
-        device = ((result or {}).get("variant") or {}).get("device")
-        last = _aware(last)
-        out.append(WorkerSeen(name=name, device=str(device) if device is not None else None, last_seen=last,
-                              active=last is not None and t - last < ACTIVE_WITHIN, running=int(running or 0),
-                              succeeded=int(succeeded or 0), failed=int(failed or 0)))
-    return sorted(out, key=lambda w: w.last_seen or datetime.min.replace(tzinfo=t.tzinfo), reverse=True)
+    for name in set(counts) | set(registered):
+        last, running, succeeded, failed = counts.get(name, (None, 0, 0, 0))
+        row = registered.get(name)
+        device = row.device if row is not None and row.device else _result_device(session, name)
+        last = _latest(last, row.last_seen if row is not None else None)
+        out.append(WorkerSeen(name=name, device=device, queues=row.queues if row is not None else None,
+                              last_seen=last, active=last is not None and t - last < ACTIVE_WITHIN,
+                              running=int(running or 0), succeeded=int(succeeded or 0), failed=int(failed or 0)))
+    return sorted(out, key=lambda w: (w.last_seen or datetime.min.replace(tzinfo=UTC), w.name), reverse=True)

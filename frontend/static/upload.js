@@ -44,6 +44,10 @@ for (const radio of form.querySelectorAll('input[name="kind"]')) {
   radio.addEventListener("change", () => setKind(radio.value));
 }
 
+// Signed-in browsers prove each write came from our page with the session's CSRF token (base.html meta).
+const csrfMeta = document.querySelector('meta[name="csrf-token"]');
+const csrfHeaders = csrfMeta ? { "X-CSRF-Token": csrfMeta.content } : {};
+
 async function loadDatasets() {
   const field = document.getElementById("dataset");
   try {
@@ -86,6 +90,7 @@ function send(runId, fields) {
     };
     xhr.onerror = () => reject(new Error("the connection failed during the upload"));
     xhr.open("POST", `/api/v1/runs/${runId}/artifacts`);
+    for (const [k, v] of Object.entries(csrfHeaders)) xhr.setRequestHeader(k, v);
     xhr.send(body);
   });
 }
@@ -102,7 +107,8 @@ form.addEventListener("submit", async (e) => {
   text.textContent = "creating the run…";
   try {
     const res = await fetch("/api/v1/runs", {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ project, name }),
+      method: "POST", headers: { "Content-Type": "application/json", ...csrfHeaders },
+      body: JSON.stringify({ project, name }),
     });
     const run = await res.json();
     if (!res.ok) throw new Error(run.detail || `HTTP ${res.status}`);

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import repscope
+from tests.conftest import ADMIN_TOKEN
 from tests.integration.procs import base_env, free_port, start_serve, wait_healthy
 from tests.reference import rankme_numpy, structured_embeddings
 
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def browser():
+def chromium():
     if CHROMIUM is None:
         if os.environ.get("REPSCOPE_REQUIRE_BROWSER") == "1":
             pytest.fail("system Chromium not found (REPSCOPE_REQUIRE_BROWSER=1); apt-get install chromium")
@@ -42,9 +43,9 @@ def browser():
 
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,32 @@ def instance(tmp_path_factory):
     finally:
         serve.stop()
         print(serve.log_tail())
+
+
+class SignedInBrowser:
+    """Pages opened with the session cookie of one sign-in through the login form (storage state)."""
+
+    def __init__(self, chromium, state: dict) -> None:  # noqa: ANN001
+        self.chromium, self.state = chromium, state
+
+    def new_page(self, **kwargs):  # noqa: ANN003, ANN201
+        return self.chromium.new_page(storage_state=self.state, **kwargs)
+
+
+def sign_in(page, url: str, token: str) -> None:  # noqa: ANN001
+    page.goto(url + "/login")
+    page.fill("#token", token)
+    page.click("#sign-in")
+    page.wait_for_url(url + "/")
+
+
+@pytest.fixture(scope="module")
+def browser(chromium, instance):
+    page = chromium.new_page()
+    sign_in(page, instance, ADMIN_TOKEN)
+    state = page.context.storage_state()
+    page.close()
+    return SignedInBrowser(chromium, state)
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +152,43 @@ def test_navigate_to_rankme_chart(browser, seeded):
     assert page.locator("#status-text").inner_text() == "succeeded"
     assert page.locator("#metrics").inner_text().count("rankme") >= 1
     shot(page, "evaluation")
+    page.close()
+
+
+def test_sign_in_and_manage_tokens(chromium, instance):
+    """Pages need a sign-in; an admin creates a token on /admin/tokens (shown once), it works, and is revoked."""
+    url = instance
+    page = chromium.new_page(viewport=VIEWPORT)
+    page.goto(url + "/jobs")
+    page.wait_for_url(re.compile(r".*/login\?next=%2Fjobs$"))
+    page.fill("#token", "rs_not-a-real-token")
+    page.click("#sign-in")
+    assert "not valid" in page.locator("#login-error").inner_text()
+    shot(page, "login")
+    page.fill("#token", ADMIN_TOKEN)
+    page.click("#sign-in")
+    page.wait_for_url(url + "/jobs")
+    cookie = next(c for c in page.context.cookies() if c["name"] == "repscope_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and ADMIN_TOKEN not in cookie["value"]
+
+    page.click("text=Tokens")
+    page.wait_for_selector("#tokens")
+    page.fill("#token-name", "browser-bot")
+    page.check('input[name="scopes"][value="write"]')
+    page.click("#create-token")
+    secret = page.locator("#token-secret").inner_text().strip()
+    assert repscope.Client(url, token=secret).http.get("/whoami").json()["scopes"] == ["read", "write"]
+    shot(page, "admin-tokens")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click('tr[data-token="browser-bot"] button')
+    page.wait_for_url(url + "/admin/tokens")
+    assert page.locator('tr[data-token="browser-bot"]').count() == 0
+    assert repscope.Client(url, token=secret).http.get("/runs").status_code == 401
+
+    page.click("text=Sign out")
+    page.wait_for_url(re.compile(r".*/login$"))
+    page.goto(url + "/")
+    page.wait_for_url(re.compile(r".*/login\?next=%2F$"))
     page.close()
 
 

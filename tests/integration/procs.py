@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from repscope.cli import worker_command
+from tests.conftest import ADMIN_TOKEN, WORKER_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +73,8 @@ class Proc:
 def base_env(data_dir: Path, api_url: str, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPSCOPE_")}
     env.update({"REPSCOPE_DATA_DIR": str(data_dir), "REPSCOPE_API_URL": api_url, "PYTHONUNBUFFERED": "1",
-                "REPSCOPE_SWEEP_INTERVAL_S": "1", "REPSCOPE_DEVICE": "cpu"})
+                "REPSCOPE_SWEEP_INTERVAL_S": "1", "REPSCOPE_DEVICE": "cpu",
+                "REPSCOPE_ADMIN_TOKEN": ADMIN_TOKEN, "REPSCOPE_WORKER_TOKEN": WORKER_TOKEN})
     env.update(overrides)
     return env
 

@@ -1,5 +1,5 @@
 """Faults survived, with real processes: a worker SIGKILLed mid-evaluation, the API killed mid-upload,
-a suite that raises, a job past its time limit."""
+a suite that raises, a suite that runs out of memory, a job past its time limit."""
 
 from __future__ import annotations
 
@@ -12,8 +12,17 @@ import pytest
 from sqlalchemy import create_engine, text
 
 import repscope
+from repscope.cli import worker_command
 from tests.integration.conftest import cluster_deployment, services_or_skip
-from tests.integration.procs import base_env, free_port, start_api, start_serve, start_worker, wait_healthy
+from tests.integration.procs import (
+    Proc,
+    base_env,
+    free_port,
+    start_api,
+    start_serve,
+    start_worker,
+    wait_healthy,
+)
 from tests.reference import rankme_numpy, structured_embeddings
 
 pytestmark = pytest.mark.integration
@@ -126,3 +135,34 @@ def test_failing_suite_and_time_limit_leave_the_worker_serving(tmp_path):
         assert good.worker == bad.worker == late.worker
     finally:
         serve.stop()
+
+
+WORKER_MEMORY_LIMIT = 4 << 30  # address space of the worker process (prlimit --as): torch runs, a 7 GB Gram does not
+
+
+def test_suite_out_of_memory_fails_readably_and_the_worker_goes_on(tmp_path):
+    """A worker limited to 4 GiB of address space gets embeddings whose D x D float64 Gram needs 7.2 GB: the
+    evaluation fails saying it ran out of memory, and the same worker process then finishes the next job."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = base_env(tmp_path / "data", url)
+    api = start_api(env, port, tmp_path)
+    worker = Proc("worker", ["prlimit", f"--as={WORKER_MEMORY_LIMIT}", "--",
+                             *worker_command("repscope", "oom-test@%h")], env, tmp_path)
+    try:
+        wait_healthy(url, api.proc, timeout=60)
+        client = repscope.Client(url)
+        run = client.run(project="faults", name="oom", background=False)
+        wide = np.random.default_rng(0).standard_normal((64, 30_000)).astype(np.float32)
+        [big] = client.wait(run.log_embeddings(step=1, embeddings=wide, suites=["spectrum"]).ids(),
+                            raise_on_failure=False, timeout=180)
+        assert big.status == "failed", worker.log_tail()
+        assert big.error.startswith("out of memory on cpu") and "7200000000 bytes" in big.error
+        z = structured_embeddings(300, 16, seed=5)
+        [good] = client.wait(run.log_embeddings(step=2, embeddings=z, suites=["spectrum"]).ids(), timeout=120)
+        assert good.status == "succeeded" and good.worker == big.worker
+        assert good.metrics["rankme"] == pytest.approx(rankme_numpy(z), rel=1e-6)
+        assert worker.proc.poll() is None  # the worker process survived
+    finally:
+        worker.stop()
+        api.stop()

@@ -262,3 +262,32 @@ def test_idempotency_key_returns_the_first_result(api, app, run_id):
     bad_key = api.post(f"/api/v1/runs/{run_id}/artifacts", headers={"Idempotency-Key": "x y"},
                        files={"file": ("a.npy", npy_bytes(GOOD))})
     assert bad_key.status_code == 400
+
+
+HUGE = 2**64  # found by tests/integration/test_schemathesis.py: SQLite cannot bind it (OverflowError, a 500)
+OUT_OF_RANGE = [
+    ("get", f"/api/v1/runs/{HUGE}", None, "path.run_id"),
+    ("get", f"/api/v1/runs/{-HUGE}/artifacts", None, "path.run_id"),
+    ("get", f"/api/v1/runs/{HUGE}/metrics", None, "path.run_id"),
+    ("get", f"/api/v1/runs?offset={HUGE}", None, "query.offset"),
+    ("get", f"/api/v1/artifacts/{HUGE}", None, "path.artifact_id"),
+    ("get", f"/api/v1/artifacts/{HUGE}/file", None, "path.artifact_id"),
+    ("get", f"/api/v1/evaluations/{HUGE}", None, "path.evaluation_id"),
+    ("get", f"/api/v1/evaluations?run={HUGE}", None, "query.run"),
+    ("get", f"/api/v1/evaluations?offset={HUGE}", None, "query.offset"),
+    ("post", f"/api/v1/evaluations/{HUGE}/claim", {"worker": "w"}, "path.evaluation_id"),
+    ("patch", f"/api/v1/evaluations/{HUGE}", {"progress": 0.5}, "path.evaluation_id"),
+    ("post", f"/api/v1/evaluations/{HUGE}/result", {"metrics": {}}, "path.evaluation_id"),
+    ("post", f"/api/v1/runs/{HUGE}/metrics", {"step": 1, "metrics": {"a": 1.0}}, "path.run_id"),
+    ("post", "/api/v1/runs/{run}/metrics", {"step": HUGE, "metrics": {"a": 1.0}}, "body.step"),
+    ("post", f"/api/v1/runs/{HUGE}/artifacts", None, "path.run_id"),
+    ("delete", f"/api/v1/tokens/{HUGE}", None, "path.token_id"),
+]
+
+
+@pytest.mark.parametrize(("method", "url", "body", "where"), OUT_OF_RANGE, ids=[f"{m} {w}" for m, _, _, w in OUT_OF_RANGE])
+def test_integers_beyond_64_bits_are_a_422_naming_the_parameter(api, run_id, method, url, body, where):
+    response = api.request(method, url.format(run=run_id), json=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith(f"{where}: Input should be"), response.json()["detail"]
+    assert api.get(f"/api/v1/runs/{run_id}").status_code == 200  # ids in range still work

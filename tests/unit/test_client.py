@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 import repscope
 from backend.models import Artifact, Evaluation, Metric
 from repscope import RepscopeError
+from tests.conftest import ADMIN_HEADERS
 
 
 class FlakyTransport(httpx.BaseTransport):
@@ -36,7 +37,8 @@ class FlakyTransport(httpx.BaseTransport):
 def client(api):
     def make(lose: int = 0) -> repscope.Client:
         c = repscope.Client("http://testserver", backoff=0.01)
-        c.http = httpx.Client(base_url="http://testserver/api/v1", transport=FlakyTransport(api._transport, lose))
+        c.http = httpx.Client(base_url="http://testserver/api/v1", transport=FlakyTransport(api._transport, lose),
+                              headers=ADMIN_HEADERS)
         return c
 
     return make
@@ -130,3 +132,31 @@ def test_metric_series_can_be_split_by_dataset(api, client):
     points = api.get(f"/api/v1/runs/{run.id}/metrics", params={"key": "rankme"}).json()["points"]
     assert sorted((p["step"], p["dataset"] or "") for p in points) == [(1, "ood"), (1, "val"), (2, ""),
                                                                          (2, "ood"), (2, "val")]
+
+
+def test_missing_or_weak_token_is_a_clear_exception(api, client):
+    anonymous = client()
+    del anonymous.http.headers["Authorization"]
+    with pytest.raises(RepscopeError) as missing:
+        anonymous.run(project="p", name="r")
+    assert missing.value.status_code == 401 and "repscope token create" in missing.value.detail
+    reader = client()
+    secret = api.post("/api/v1/tokens", json={"name": "ro", "scopes": ["read"]}).json()["token"]
+    reader.http.headers["Authorization"] = f"Bearer {secret}"
+    with pytest.raises(RepscopeError) as weak:
+        reader.run(project="p", name="r")
+    assert weak.value.status_code == 403 and "lacks the write scope" in weak.value.detail
+
+
+def test_rate_limited_requests_wait_for_retry_after(app, client):
+    import time
+
+    from backend.security import RateLimiter
+
+    app.state.rate_limiter = RateLimiter(per_minute=60, burst=1)  # one request, then one per second
+    c = client()
+    c.run(project="p", name="r")
+    start = time.monotonic()
+    run = c.run(project="p", name="r")  # 429 Retry-After: 1, then retried (backoff alone would be 0.01 s)
+    assert time.monotonic() - start >= 0.9
+    assert run.info.name == "r"

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from repscope.datasets import DatasetError, DatasetLimits, inspect_dataset
+from tests import malformed_corpus as corpus
 from tests.unit.test_api import count, npz_bytes, stored_files, tmp_files, upload
 
 
@@ -73,6 +75,22 @@ BAD_DATASETS = {
     "zip bomb": (zip_bytes({"cat/a.png": PNG[:8] + b"\x00" * 5_000_000}), "zip bomb"),
     "not an image": (zip_bytes({"cat/a.png": b"#!/bin/sh\necho hi\n"}), "not a PNG"),
     "not a dataset": (b"hello world", "neither"),
+    # found by tests/integration/test_malformed_uploads.py (a 201 or a 500 before the fix)
+    "negative labels": (images_npz(labels=np.arange(12) % 3 - 1), "non-negative"),
+    "labels header of gigabytes": (corpus.raw_zip([  # labels loaded before their length was checked
+        corpus.stored("images.npy", corpus.npy(np.zeros((4, 8, 8, 3), np.uint8))),
+        corpus.short_stream("labels.npy", corpus.npy_header((4 * 10**8,), "<i8"), 128 + 4 * 10**8 * 8)]),
+        "length 4"),
+    "member that is not an array": (corpus.raw_zip([corpus.stored("images.npy", b"\x00garbage" * 40),
+                                                    corpus.stored("labels.npy", corpus.npy(np.arange(4)))]),
+                                    "invalid dataset .npz"),
+    "encrypted image": (corpus.raw_zip([corpus.stored("cat/a.png", PNG, flags=1)]), "encrypted"),
+    "unknown compression": (corpus.raw_zip([corpus.RawMember("cat/a.png", PNG, 99, 0, len(PNG))]),
+                            "unsupported compression method"),
+    "corrupt deflate stream": (corpus.raw_zip([corpus.RawMember("cat/a.png", bytes(range(64)), 8, 0, 72)]),
+                               "is corrupt"),
+    "corrupt bzip2 stream": (corpus.raw_zip([corpus.RawMember("cat/a.png", bytes(range(64)), 12, 0, 72)]),
+                             "is corrupt"),
 }
 
 
@@ -201,3 +219,50 @@ def test_poison_flags_queue_the_pool_scan(api, run_id):
     z = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
     body = upload(api, run_id, "p.npz", npz_bytes(embeddings=z, poison=(np.arange(50) < 5).astype(np.int8))).json()
     assert [e["suite"] for e in body["evaluations"]] == ["spectrum", "backdoor"]
+
+
+def test_dataset_npz_past_the_expanded_size_limit_is_refused(tmp_path):
+    """A 201 before the fix: the API checked the limit for ImageFolder zips only (the worker refused it later)."""
+    images = corpus.bomb_member("images.npy", corpus.npy_header((1000, 32, 32, 3), "|u1"), 1000 * 32 * 32 * 3)
+    path = tmp_path / "bomb.npz"
+    path.write_bytes(corpus.raw_zip([images, corpus.stored("labels.npy", corpus.npy(np.zeros(1000, np.int64)))]))
+    assert len(path.read_bytes()) < 20_000
+    with pytest.raises(DatasetError, match=r"expands to 3\d{6} bytes, more than the limit of 1000000"):
+        inspect_dataset(path, "bomb.npz", DatasetLimits(max_expanded_bytes=1_000_000))
+    assert inspect_dataset(path, "bomb.npz").n == 1000  # within the default limit: valid (black) images
+
+
+HOSTILE_STATE_DICTS = {  # a 500 (RecursionError) or a request that never ends before the fix
+    "nested 5000 deep": (corpus.nested_lists_pickle(5000), "holds no tensors"),
+    "containing itself": (corpus.cyclic_pickle(), "holds no tensors"),
+    "billion laughs": (corpus.laughs_pickle(levels=40), "holds no tensors"),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", list(HOSTILE_STATE_DICTS))
+def test_hostile_state_dict_structure_is_refused(api, app, run_id, settings, case):
+    from backend.models import Artifact
+
+    pkl, words = HOSTILE_STATE_DICTS[case]
+    response = upload(api, run_id, "w.pt", corpus.torch_zip(pkl), kind="checkpoint", arch="resnet18_cifar")
+    assert response.status_code == 422 and words in response.json()["detail"], response.text
+    assert count(app, Artifact) == 0 and stored_files(settings) == [] and tmp_files(settings) == []
+
+
+def test_shared_and_nested_tensors_are_still_found():
+    """The walk enters each container once but still reaches every tensor, in order, under its dotted key."""
+    from repscope.checkpoints import _walk
+    from repscope.formats import _Tensor
+
+    t = _Tensor(np.zeros(3, np.float32), False)
+    shared = {"w": t}
+    tree = {"a": shared, "b": [t, (t,)], "c": shared, "d": {"e": {"f": t}}}
+    assert [k for k, _ in _walk(tree)] == ["a.w", "b.0", "b.1.0", "d.e.f"]
+
+
+def test_encrypted_checkpoint_member_is_a_checkpoint_error(api, run_id):
+    """A 500 before the fix: the archive check raised FormatError, which register_checkpoint did not expect."""
+    content = corpus.raw_zip([corpus.stored("archive/data.pkl", b"}.", flags=1)])
+    response = upload(api, run_id, "w.pt", content, kind="checkpoint", arch="resnet18_cifar")
+    assert response.status_code == 422 and "is encrypted" in response.json()["detail"], response.text
