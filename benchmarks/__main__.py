@@ -1,10 +1,20 @@
 """`make bench`: every CPU benchmark, each writing its section of benchmarks/RESULTS.md (GPU cases run too
-when CUDA is present; on a lent GPU machine use benchmarks/gpu_check.sh)."""
+when CUDA is present; on a lent GPU machine use benchmarks/gpu_check.sh). Last, the load test (bench_load, with
+its defaults) when PostgreSQL and Redis are running."""
 
 import sys
 
-from benchmarks import bench_backdoor, bench_embed, bench_equivariance, bench_probes, bench_spectrum
+from benchmarks import (
+    bench_backdoor,
+    bench_embed,
+    bench_equivariance,
+    bench_load,
+    bench_probes,
+    bench_spectrum,
+)
 
 for bench in (bench_spectrum, bench_probes, bench_embed, bench_equivariance, bench_backdoor):
     print(f"== {bench.__name__}", flush=True)
     bench.main(sys.argv[1:])
+print(f"== {bench_load.__name__}", flush=True)
+bench_load.main([], skip_without_services=True)
