@@ -169,7 +169,7 @@ class Cluster:
 
     def roots(self, **more: int) -> dict[str, int]:
         """Process ids whose trees make up each component, for cpu_shares."""
-        return {**{f"API ({self.api_workers} uvicorn workers)" if p.name == "api" else "Celery worker": p.proc.pid
+        return {**{f"API (uvicorn --workers {self.api_workers})" if p.name == "api" else "Celery worker": p.proc.pid
                    for p in self.procs}, **more}
 
 
