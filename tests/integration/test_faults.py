@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 import repscope
 from repscope.cli import worker_command
+from tests.conftest import ADMIN_TOKEN
 from tests.integration.conftest import cluster_deployment, services_or_skip
 from tests.integration.procs import (
     Proc,
@@ -92,6 +93,7 @@ def test_api_killed_mid_upload_leaves_nothing_and_retry_succeeds_once(tmp_path):
         sock = socket.create_connection(("127.0.0.1", port))
         sock.sendall((f"POST /api/v1/runs/{run.id}/artifacts HTTP/1.1\r\nHost: x\r\n"
                       f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                      f"Authorization: Bearer {ADMIN_TOKEN}\r\n"
                       f"Content-Length: 50000000\r\nIdempotency-Key: upload-after-crash-1\r\n\r\n").encode() + head)
         sock.sendall(b"\x93NUMPY" + b"\x00" * 2_000_000)  # half an upload...
         tmp_dir = data_dir / "artifacts" / "tmp"
