@@ -22,6 +22,18 @@ def best_of(fn: Callable[[], object], repeats: int = 3) -> tuple[float, object]:
     return best, out
 
 
+def best_of_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 3) -> dict[str, tuple[float, object]]:
+    """Best wall time of each fn over `rounds` rounds that call every fn once in turn: on a shared (virtual)
+    machine whose speed drifts, baseline and contender then see the same drift."""
+    best: dict[str, tuple[float, object]] = {name: (float("inf"), None) for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out = fn()
+            best[name] = (min(best[name][0], time.perf_counter() - t0), out)
+    return best
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

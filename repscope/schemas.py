@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -30,7 +30,7 @@ class _Read(BaseModel):
     def _utc(cls, value: Any) -> Any:
         """Times are UTC; SQLite hands them back without an offset, PostgreSQL with one: always say so."""
         if isinstance(value, datetime) and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 

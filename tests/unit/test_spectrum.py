@@ -532,13 +532,38 @@ def test_cpu_blas_fast_path_equals_torch_path(monkeypatch):
     z = np.random.default_rng(11).standard_normal((500, 40)) + 0.3
     fast = sp.gram_spectrum(z, device="cpu", chunk_rows=64)
     fast_c = sp.gram_spectrum(z, device="cpu", chunk_rows=64, center=True)
-    monkeypatch.setattr(sp, "_dsyrk", None)
-    monkeypatch.setattr(sp, "_scipy_eigh", None)
+    monkeypatch.setattr(sp, "CPU_BLAS", False)
     plain = sp.gram_spectrum(z, device="cpu", chunk_rows=64)
     plain_c = sp.gram_spectrum(z, device="cpu", chunk_rows=64, center=True)
     np.testing.assert_allclose(fast, plain, rtol=1e-12)
     np.testing.assert_allclose(fast_c, plain_c, rtol=1e-12)
     np.testing.assert_allclose(fast, np.linalg.svd(z, compute_uv=False), rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_the_callers_array_is_read_never_written(dtype):
+    """In-memory chunks are views of the caller's array: the pass shifts its own float64 copies."""
+    z = (np.random.default_rng(12).standard_normal((300, 20)) + 2.0).astype(dtype)
+    before = z.copy()
+    run_spectrum(z, device="cpu", chunk_rows=64, matryoshka=True)
+    sp.gram_spectrum(z, device="cpu", chunk_rows=64, center=True)
+    np.testing.assert_array_equal(z, before)
+
+
+@pytest.mark.parametrize("where", [0, 150, 299])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("cpu_blas", [True, False])
+def test_a_non_finite_value_in_any_chunk_is_rejected(monkeypatch, where, bad, cpu_blas):
+    """The finiteness check rides on each chunk's float64 column sums: one NaN/Inf anywhere, in the first
+    chunk (it sets the shift) or a later one, is an error, not a spectrum."""
+    monkeypatch.setattr(sp, "CPU_BLAS", cpu_blas)
+    z = np.random.default_rng(13).standard_normal((300, 20)).astype(np.float32)
+    z[where, 7] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        sp.gram_spectrum(z, device="cpu", chunk_rows=64)
+    # the largest finite float32 values do not overflow the float64 sums: no false alarm
+    z[where, 7] = np.finfo(np.float32).max
+    assert np.isfinite(sp.gram_spectrum(z, device="cpu", chunk_rows=64)).all()
 
 
 def test_float64_memmap_chunks_are_not_overwritten_by_the_prefetch(tmp_path):

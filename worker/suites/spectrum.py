@@ -2,8 +2,8 @@
 
 Z is the N×D embedding matrix, σ_k its singular values (descending), λ_k the eigenvalues of its covariance
 (centred, divided by N − 1). Everything is computed from one pass over the rows: the D×D Gram matrix is
-accumulated in float64 chunk by chunk (a memory-mapped file of any N fits in bounded memory), then
-``torch.linalg.eigvalsh`` gives σ_k = √max(λ_k(ZᵀZ), 0). Nested (Matryoshka) prefixes Z[:, :k] reuse the
+accumulated in float64 chunk by chunk (a memory-mapped file of any N fits in bounded memory), then a
+symmetric eigensolver (LAPACK dsyevd, ``_eigvalsh``) gives σ_k = √max(λ_k(ZᵀZ), 0). Nested (Matryoshka) prefixes Z[:, :k] reuse the
 Gram matrix's leading k×k block, so they cost no second pass over the data. The contract is
 shared/METRICS.md, "Spectrum suite".
 
@@ -17,7 +17,7 @@ Numerics (float64 Gram):
   * Centring is done without a second pass with the shifted-data identity
         (Z − 1μᵀ)ᵀ(Z − 1μᵀ) = (Z − 1cᵀ)ᵀ(Z − 1cᵀ) − N (μ − c)(μ − c)ᵀ,
     i.e. ZᵀZ − Nμμᵀ with a pivot c (c = 0 gives the textbook form). The pivot is the first row plus the
-    mean deviation of the first chunk from it, so a large shared offset (ReLU features) does not cancel
+    mean deviation of the first PIVOT_ROWS rows from it, so a large shared offset (ReLU features) does not cancel
     catastrophically, and identical rows give an exactly zero centred Gram. The raw ZᵀZ is rebuilt from
     the shifted sums. The centred floor is k·eps·(λ_max(centred) + ‖Σ(z − c)‖²/N), an upper bound of
     the largest eigenvalue of the shifted Gram whose rounding the centred eigenvalues inherit.
@@ -32,18 +32,15 @@ covariance eigenvalues in the fit range and is otherwise left out of the metrics
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-
-try:  # optional CPU fast path (BLAS dsyrk, LAPACK dsyevd); the torch path gives the same numbers
-    from scipy.linalg import eigh as _scipy_eigh
-    from scipy.linalg.blas import dsyrk as _dsyrk
-except ImportError:  # pragma: no cover
-    _scipy_eigh = _dsyrk = None
+from scipy.linalg import eigh as _scipy_eigh
+from scipy.linalg.blas import dsyrk as _dsyrk
 
 from .base import ProgressFn, SuiteResult, no_progress, resolve_device
 from .rows import prefetched, read_rows, take_rows
@@ -70,6 +67,8 @@ LIDAR_EPS = 1e-7
 MATRYOSHKA_MIN_DIM = 16
 # Implementation constants.
 GRAM_DTYPE = torch.float64
+PIVOT_ROWS = 1024  # the Gram pass shifts rows by the mean of the first rows (module docstring)
+CPU_BLAS = True  # CPU float64 Gram pass and eigenvalues through numpy + SciPy (OpenBLAS dsyrk, dsyevd)
 FLOAT64_EPS = float(np.finfo(np.float64).eps)
 NORMALIZE_EPS = 1e-12  # torch.nn.functional.normalize's default: z / max(‖z‖, eps)
 PAIRWISE_BLOCK_ELEMENTS = 1 << 24  # float64 elements (128 MiB) per block of the pairwise similarity matrix
@@ -281,7 +280,10 @@ def lidar(
 
 @dataclass
 class _GramMoments:
-    """Sums over the rows of one pass: shifted Gram, shifted column sum, and per-prefix normalised moments."""
+    """Sums over the rows of one pass: shifted Gram, shifted column sum, and per-prefix normalised moments.
+
+    Only the lower triangles of the Gram matrices are meaningful (BLAS dsyrk fills one); ``_eigvalsh`` reads
+    only that triangle."""
 
     n: int
     pivot: torch.Tensor  # c (D,)
@@ -293,13 +295,13 @@ class _GramMoments:
     def raw_gram(self, k: int) -> torch.Tensor:
         """ZᵀZ[:k, :k] = G_c + c sᵀ + s cᵀ + N c cᵀ (G_c, s the shifted sums)."""
         c, s = self.pivot[:k], self.sum_shifted[:k]
-        g = self.gram_shifted[:k, :k] + torch.outer(c, s) + torch.outer(s, c) + self.n * torch.outer(c, c)
-        return _sym(g)
+        v = s + (0.5 * self.n) * c  # c sᵀ + s cᵀ + N c cᵀ = c vᵀ + v cᵀ: one rank-2 update
+        return torch.addmm(self.gram_shifted[:k, :k], torch.stack([c, v], dim=1), torch.stack([v, c]))
 
     def centered_gram(self, k: int) -> torch.Tensor:
         """ZcᵀZc[:k, :k] = G_c − s sᵀ / N."""
         s = self.sum_shifted[:k]
-        return _sym(self.gram_shifted[:k, :k] - torch.outer(s, s) / self.n)
+        return torch.addr(self.gram_shifted[:k, :k], s, s, alpha=-1.0 / self.n)
 
     def collapse_std(self, k: int) -> float:
         _, m2 = self.l2n[k]
@@ -323,49 +325,78 @@ def _accumulate(
     n = 0
     n_use = n_total if rows is None else len(rows)
     lo, hi = progress_span
+    buffer: np.ndarray | None = None
     for chunk in _iter_chunks(embeddings, rows, device, chunk_rows):
         if pivot is None:
-            first = chunk[0]
-            pivot = first + (chunk - first).mean(dim=0)  # exact zero deviations when all rows coincide
-        x = chunk - pivot
-        _gram_add(gram, x)
-        colsum += x.sum(dim=0)
+            pivot = _pivot(chunk)
+            if _uses_syrk(gram):
+                buffer = np.empty((chunk.shape[0], d), dtype=np.float64)
         if prefixes:
-            sq_cum = torch.cumsum(chunk * chunk, dim=1)
+            x64 = chunk.to(GRAM_DTYPE)
+            sq_cum = torch.cumsum(x64 * x64, dim=1)
             for k in prefixes:
-                zh = chunk[:, :k] / sq_cum[:, k - 1 : k].sqrt().clamp_min(NORMALIZE_EPS)
+                zh = x64[:, :k] / sq_cum[:, k - 1 : k].sqrt().clamp_min(NORMALIZE_EPS)
                 l2n[k] = _merge_moments(l2n.get(k), n, zh)
+        _add_shifted_chunk(gram, colsum, chunk, pivot, buffer)
         n += chunk.shape[0]
         progress(lo + (hi - lo) * n / max(n_use, 1), f"Gram matrix: {n}/{n_use} rows")
     if pivot is None:
         raise ValueError("no rows to evaluate")
-    if _uses_syrk(gram):  # dsyrk filled one triangle: mirror it
-        gram = torch.tril(gram) + torch.tril(gram, -1).T
     return _GramMoments(n=n, pivot=pivot, gram_shifted=gram, sum_shifted=colsum, l2n=l2n)
 
 
 def _uses_syrk(gram: torch.Tensor) -> bool:
-    return _dsyrk is not None and gram.device.type == "cpu" and gram.dtype == torch.float64
+    return CPU_BLAS and gram.device.type == "cpu" and gram.dtype == torch.float64
 
 
-def _gram_add(gram: torch.Tensor, x: torch.Tensor) -> None:
-    """gram += xᵀx. On the CPU through BLAS dsyrk: the symmetric rank-k update does half the flops of a
-    GEMM and fills only the lower triangle (mirrored once at the end of the pass); elsewhere addmm_."""
-    if _uses_syrk(gram):
+def _pivot(chunk: torch.Tensor) -> torch.Tensor:
+    """The shift c (float64): the mean of the first PIVOT_ROWS rows, as first row + mean deviation from it so
+    that it is exactly that row when the rows coincide (then Z − c is exactly 0, not rounding noise)."""
+    head = chunk[:PIVOT_ROWS].to(GRAM_DTYPE)
+    first = head[0]
+    return first + (head - first).mean(dim=0)
+
+
+def _add_shifted_chunk(
+    gram: torch.Tensor, colsum: torch.Tensor, chunk: torch.Tensor, pivot: torch.Tensor, buffer: np.ndarray | None
+) -> None:
+    """gram += xᵀx and colsum += Σ_rows x with x = chunk − pivot in float64; raises on NaN/Inf in the chunk.
+
+    On the CPU x is formed in a reused float64 buffer by numpy (one pass, cast included) and added by BLAS
+    dsyrk, the symmetric rank-k update: half the flops of a GEMM, filling only the lower triangle (all that
+    ``_eigvalsh`` reads). numpy and OpenBLAS only, no torch op in the loop: torch's OpenMP threads keep
+    spinning after each op and slowed the next dsyrk by 10-40 % on 2 cores. Elsewhere (GPU) torch sub + addmm_.
+    NaN/Inf anywhere in the chunk reaches its float64 column sums (finite inputs cannot overflow there), so
+    one check on D numbers replaces a pass over the chunk."""
+    if buffer is not None:
+        x = buffer[: chunk.shape[0]]
+        np.subtract(chunk.numpy(), pivot.numpy(), out=x)
+        part = x.sum(axis=0)
+        if not np.isfinite(part).all():
+            raise ValueError(NON_FINITE)
+        colsum.numpy().__iadd__(part)
         # gram is C-ordered, so gram.T is the Fortran-ordered matrix dsyrk updates in place; its "upper"
         # triangle is gram's lower one. x.T (Fortran-ordered, D × rows) times its transpose is xᵀx.
-        _dsyrk(1.0, x.numpy().T, beta=1.0, c=gram.numpy().T, trans=0, lower=0, overwrite_c=1)
-    else:
-        gram.addmm_(x.T, x)
+        _dsyrk(1.0, x.T, beta=1.0, c=gram.numpy().T, trans=0, lower=0, overwrite_c=1)
+        return
+    x = chunk.to(GRAM_DTYPE) - pivot
+    part = x.sum(dim=0)
+    _check_finite(part)
+    colsum += part
+    gram.addmm_(x.T, x)
 
 
 def _eigvalsh(mat: torch.Tensor) -> torch.Tensor:
-    """Ascending eigenvalues of a symmetric matrix: LAPACK's divide-and-conquer dsyevd through SciPy on the
-    CPU (twice as fast as torch's CPU path here), torch.linalg.eigvalsh elsewhere."""
-    if _scipy_eigh is not None and mat.device.type == "cpu" and mat.dtype == torch.float64:
-        values = _scipy_eigh(mat.numpy(), eigvals_only=True, driver="evd", check_finite=False)
+    """Ascending eigenvalues of the symmetric matrix whose lower triangle `mat` holds (the upper one is never
+    read; `mat` may be overwritten). On the CPU SciPy's dsyevd (OpenBLAS, as the Gram pass: no second thread
+    pool, no MKL start-up on the first call), handed the Fortran-ordered transpose so nothing is copied;
+    torch.linalg.eigvalsh elsewhere. For D = 2 048 right after the Gram pass both took 0.37-0.42 s here;
+    OpenBLAS's two-stage dsyevd_2stage was no faster (0.43-0.53 s)."""
+    if CPU_BLAS and mat.device.type == "cpu" and mat.dtype == torch.float64 and mat.is_contiguous():
+        values = _scipy_eigh(mat.numpy().T, lower=False, eigvals_only=True, driver="evd", overwrite_a=True,
+                             check_finite=False)
         return torch.from_numpy(np.ascontiguousarray(values))
-    return torch.linalg.eigvalsh(mat)
+    return torch.linalg.eigvalsh(mat, UPLO="L")
 
 
 def _merge_moments(
@@ -494,6 +525,7 @@ def run_spectrum(
     for chunk in _iter_chunks(embeddings, u_rows, dev, chunk_rows):
         u[filled : filled + chunk.shape[0]] = chunk
         filled += chunk.shape[0]
+    _check_finite(u)
     progress(0.65, f"uniformity: {filled} rows loaded")
 
     warnings: list[str] = []
@@ -671,9 +703,12 @@ def _native(arr: np.ndarray) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+NON_FINITE = "embeddings contain NaN or infinite values"
+
+
 def _check_finite(x: torch.Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
-        raise ValueError("embeddings contain NaN or infinite values")
+        raise ValueError(NON_FINITE)
 
 
 def _rows_to_tensor(data: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -688,17 +723,22 @@ def _rows_to_tensor(data: np.ndarray | torch.Tensor, device: torch.device) -> to
 def _iter_chunks(
     embeddings: Any, rows: np.ndarray | None, device: torch.device, chunk_rows: int
 ) -> Iterator[torch.Tensor]:
-    """float64 chunks of at most `chunk_rows` rows on `device`; reads only those rows from a memmap, the next
-    chunk while the current one is being computed on."""
+    """Chunks of at most `chunk_rows` rows on `device`, in the data's own floating dtype (float64 for others),
+    unchecked. A chunk may be a view of the caller's array or of a reused read buffer, valid until the next
+    one is requested: callers copy it (and check finiteness), never write to it. Reads only those rows from a
+    memmap, the next chunk while the current one is being computed on."""
     n = _shape(embeddings)[0] if rows is None else len(rows)
     step = max(1, int(chunk_rows))
     bounds = [(a, min(n, a + step)) for a in range(0, n, step)]
     if isinstance(embeddings, torch.Tensor):
         for a, b in bounds:
             sel = slice(a, b) if rows is None else torch.as_tensor(rows[a:b], device=embeddings.device)
-            x = embeddings[sel].detach().to(device=device, dtype=GRAM_DTYPE)
-            _check_finite(x)
-            yield x
+            x = embeddings[sel].detach().to(device=device)
+            yield x if x.is_floating_point() else x.to(GRAM_DTYPE)
+        return
+    if rows is None and not isinstance(embeddings, np.memmap) and device.type == "cpu":
+        for a, b in bounds:
+            yield _view_tensor(np.ascontiguousarray(_native(embeddings[a:b])))
         return
     # Copy to RAM (pread for a memmap: RSS stays one chunk) into two reused buffers — page-locked when the
     # device is a GPU, so the host-to-device copy runs at full speed — read one chunk ahead of the compute.
@@ -707,11 +747,14 @@ def _iter_chunks(
              else (lambda a=a, b=b, buf=buffers[i % 2][: b - a]: take_rows(embeddings, rows[a:b], buf))
              for i, (a, b) in enumerate(bounds))
     for part in prefetched(reads):
-        x = torch.from_numpy(_native(part)).to(device=device).to(GRAM_DTYPE)
-        if x.data_ptr() == torch.from_numpy(part).data_ptr():  # no conversion happened: detach from the buffer
-            x = x.clone()
-        _check_finite(x)
-        yield x
+        yield torch.from_numpy(_native(part)).to(device=device)
+
+
+def _view_tensor(arr: np.ndarray) -> torch.Tensor:
+    """torch.from_numpy without its warning for read-only arrays (np.load's, say): chunks are only read."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
 
 
 def _read_buffers(embeddings: np.ndarray, rows: int, device: torch.device) -> list[np.ndarray]:
