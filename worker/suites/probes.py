@@ -448,17 +448,25 @@ def _objective(
         zr = z1[s : s + rows]
         r = zr.shape[0]
         idx = data.y[s : s + rows].view(r, 1, 1).expand(r, a, 1)
-        logp = torch.log_softmax(matmul(zr, w_all).view(r, a, k), dim=2)
-        lpy = logp.gather(2, idx).squeeze(2)  # (r, a)
+        # softmax in place on the fresh logits, one exp per element (log_softmax then exp took two):
+        # log p_y = l_y − m − log Σ exp(l − m), m the row max
+        logits = matmul(zr, w_all).view(r, a, k)
+        l_y = logits.gather(2, idx).squeeze(2)  # (r, a)
+        m = logits.amax(dim=2, keepdim=True)
+        grad = logits.sub_(m).exp_()
+        total = grad.sum(dim=2, keepdim=True)
+        grad.div_(total)  # p
+        _flush_subnormal(grad)
+        lpy = l_y - m.squeeze(2) - total.squeeze(2).log()
         if data.q == 0:
             loss_sum += (-lpy).sum(dim=0, dtype=torch.float64)
         else:
             pyq = torch.exp(data.q * lpy)
             loss_sum += ((1 - pyq) / data.q).sum(dim=0, dtype=torch.float64)
-        grad = logp.exp_()  # p
         grad.scatter_add_(2, idx, torch.full_like(idx, -1, dtype=dt))  # p − e_y
         if data.q != 0:
             grad.mul_(pyq.unsqueeze(2))  # p_y^q (p − e_y)
+            grad.masked_fill_(grad.abs() < _FLOAT_MIN[grad.dtype], 0.0)  # products of small factors, either sign
         g_all += matmul(zr.T, grad.view(r, a * k))  # last row: Σ_rows grad = ∇_b
     g_w, g_b = g_all[:d], g_all[d].view(a, k)
     inv_cn_t = inv_cn.to(dt)
@@ -471,9 +479,26 @@ def _objective(
     return f, grad_u, gmax
 
 
+_FLOAT_MIN = {dt: torch.finfo(dt).tiny for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def _flush_subnormal(p: torch.Tensor) -> None:
+    """Set probabilities below the smallest normal float (exp(l − max) < 1.2e-38 in float32) to exactly 0, in
+    place. At large C on nearly separable data most wrong-class probabilities underflow into subnormals, and
+    a GEMM fed subnormals runs ~100x slower on x86 (microcode assists: 3.4 vs 334 GFLOP/s measured for the
+    backward product on a 2-core Xeon; the full 50 000-row CPU sweep spent 75 % of its time there). Their
+    contribution to any gradient entry is < 1e-38 — what flush-to-zero hardware modes would do anyway."""
+    torch.nn.functional.threshold_(p, _FLOAT_MIN[p.dtype], 0.0)
+
+
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Row-wise dot products of two (n, P) matrices in one BLAS pass (no (n, P) temporary)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    """Row-wise dot products of two (n, P) matrices without an (n, P) temporary. On the CPU one BLAS dot per
+    row (n is the handful of C values in a batch): torch.bmm of (n,1,P)·(n,P,1), the obvious one-call form,
+    took 9.8 ms for n = 15, P = 76 900 on a 2-core Xeon against 0.35 ms for the loop (a quarter of the whole
+    CPU sweep's time went there)."""
+    if a.device.type == "cpu":
+        return torch.stack([torch.dot(a[i], b[i]) for i in range(a.shape[0])]) if a.shape[0] else a.new_zeros(0)
+    return torch.linalg.vecdot(a, b)
 
 
 def _add_scaled_rows(y: torch.Tensor, alpha: torch.Tensor, x: torch.Tensor) -> None:
