@@ -212,6 +212,51 @@ def test_analytic_gradient_matches_autograd():
                                                    rel=1e-9)
 
 
+def test_subnormal_probabilities_never_reach_a_gemm(monkeypatch):
+    """Far from the decision boundary float32 softmax probabilities underflow into subnormals, which slow x86
+    GEMMs ~100x; they are flushed to 0 before the backward product, and the gradient still equals the
+    float64 autograd one (each flushed term is < 1e-38)."""
+    tiny = torch.finfo(torch.float32).tiny
+    got = torch.tensor([0.0, 1e-40, tiny, 1e-30, 0.5])
+    pr._flush_subnormal(got)
+    assert got.tolist() == [0.0, 0.0, pytest.approx(tiny), pytest.approx(1e-30), 0.5]
+
+    seen: list[int] = []
+
+    def checked_matmul(a, b):
+        for t in (a, b):
+            seen.append(int(((t != 0) & (t.abs() < tiny)).sum()))
+        return a @ b
+
+    monkeypatch.setattr(pr, "matmul", checked_matmul)
+    x, y = mixture(300, 5, 3, 3.0, seed=4)
+    z = torch.as_tensor((x - x.mean(0)) / x.std(0), dtype=torch.float32)
+    z1 = torch.cat([z, torch.ones((z.shape[0], 1))], dim=1)
+    yt = torch.as_tensor(y)
+    u = torch.zeros((1, 5 * 3 + 3), dtype=torch.float64)
+    u[0, :15] = torch.randn(15, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 40
+    sc, sb = torch.ones((1, 5), dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    inv_cn = torch.tensor([1e-6], dtype=torch.float64)
+    logits = z.double() @ u[0, :15].view(5, 3)
+    p = torch.softmax(logits.float(), dim=1)
+    assert int(((p != 0) & (p < tiny)).sum()) > 10  # the regime exists in this problem
+    data = pr._Data(z1=z1, y=yt, k=3, q=0.0, rot=None, row_budget=1 << 20)
+    f, g, _ = pr._objective(u.float(), sc.float(), sb.float(), inv_cn, data)
+    assert seen and max(seen) == 0
+    ui = u[0].clone().requires_grad_(True)
+    w, b = ui[:15].view(5, 3), ui[15:]
+    fi = comp_sum_loss(z.double() @ w + b, yt).mean() + 0.5 * inv_cn[0] * (w**2).sum()
+    (gi,) = torch.autograd.grad(fi, ui)
+    torch.testing.assert_close(g[0].double(), gi, rtol=1e-4, atol=1e-6)
+    assert float(f[0]) == pytest.approx(float(fi.detach()), rel=1e-5)
+
+
+def test_rowdot_equals_rowwise_sum_of_products():
+    a, b = torch.randn(3, 1000, dtype=torch.float64), torch.randn(3, 1000, dtype=torch.float64)
+    torch.testing.assert_close(pr._rowdot(a, b), (a * b).sum(dim=1))
+    assert pr._rowdot(a[:0], b[:0]).shape == (0,)
+
+
 # --- losses ------------------------------------------------------------------------------------------
 
 
