@@ -118,8 +118,9 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b; on the CPU through numpy's BLAS (OpenBLAS), zero-copy.
 
     torch's CPU wheels call MKL, whose sgemm runs well below OpenBLAS's on AMD processors: 84-91 vs 133-154
-    GFLOP/s for the probe's 45 000 x 768 x 1 500 products on this repository's 2-core EPYC CI machine. Same
-    product, another summation order (results agree to float rounding)."""
+    GFLOP/s for the probe's 45 000 x 768 x 1 500 products on a 2-core EPYC CI machine; on a 2-core Xeon
+    (Sapphire Rapids) OpenBLAS still led, 292 vs 256. Same product, another summation order (results agree
+    to float rounding)."""
     if a.device.type == "cpu" and b.device.type == "cpu" and a.dtype == b.dtype and a.dtype in _NUMPY_GEMM_DTYPES:
         return torch.from_numpy(np.matmul(a.numpy(), b.numpy()))
     return a @ b
