@@ -550,6 +550,14 @@ def test_the_callers_array_is_read_never_written(dtype):
     np.testing.assert_array_equal(z, before)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int32])
+def test_tensors_of_any_dtype_take_the_cpu_blas_path(dtype):
+    """Tensor chunks numpy cannot view (bfloat16, integers) are converted to float64 before the BLAS pass."""
+    z = torch.randint(-8, 9, (300, 20)).to(dtype)
+    want = np.linalg.svd(z.to(torch.float64).numpy(), compute_uv=False)
+    np.testing.assert_allclose(sp.gram_spectrum(z, device="cpu", chunk_rows=64), want, rtol=1e-10)
+
+
 @pytest.mark.parametrize("where", [0, 150, 299])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("cpu_blas", [True, False])

@@ -3,9 +3,9 @@
 Z is the N×D embedding matrix, σ_k its singular values (descending), λ_k the eigenvalues of its covariance
 (centred, divided by N − 1). Everything is computed from one pass over the rows: the D×D Gram matrix is
 accumulated in float64 chunk by chunk (a memory-mapped file of any N fits in bounded memory), then a
-symmetric eigensolver (LAPACK dsyevd, ``_eigvalsh``) gives σ_k = √max(λ_k(ZᵀZ), 0). Nested (Matryoshka) prefixes Z[:, :k] reuse the
-Gram matrix's leading k×k block, so they cost no second pass over the data. The contract is
-shared/METRICS.md, "Spectrum suite".
+symmetric eigensolver (LAPACK dsyevd, ``_eigvalsh``) gives σ_k = √max(λ_k(ZᵀZ), 0). Nested (Matryoshka)
+prefixes Z[:, :k] reuse the Gram matrix's leading k×k block, so they cost no second pass over the data. The
+contract is shared/METRICS.md, "Spectrum suite".
 
 Numerics (float64 Gram):
   * eigvalsh is accurate to ~ k·eps·λ_max in absolute terms, so an exactly rank-r matrix would show
@@ -17,8 +17,8 @@ Numerics (float64 Gram):
   * Centring is done without a second pass with the shifted-data identity
         (Z − 1μᵀ)ᵀ(Z − 1μᵀ) = (Z − 1cᵀ)ᵀ(Z − 1cᵀ) − N (μ − c)(μ − c)ᵀ,
     i.e. ZᵀZ − Nμμᵀ with a pivot c (c = 0 gives the textbook form). The pivot is the first row plus the
-    mean deviation of the first PIVOT_ROWS rows from it, so a large shared offset (ReLU features) does not cancel
-    catastrophically, and identical rows give an exactly zero centred Gram. The raw ZᵀZ is rebuilt from
+    mean deviation of the first PIVOT_ROWS rows from it, so a large shared offset (ReLU features) does not
+    cancel catastrophically, and identical rows give an exactly zero centred Gram. The raw ZᵀZ is rebuilt from
     the shifted sums. The centred floor is k·eps·(λ_max(centred) + ‖Σ(z − c)‖²/N), an upper bound of
     the largest eigenvalue of the shifted Gram whose rounding the centred eigenvalues inherit.
   * Spectra have min(N, k) values, like ``torch.linalg.svdvals`` on the N×k matrix: RankMe's +1e-7 would
@@ -374,7 +374,8 @@ def _add_shifted_chunk(
         part = x.sum(axis=0)
         if not np.isfinite(part).all():
             raise ValueError(NON_FINITE)
-        colsum.numpy().__iadd__(part)
+        acc = colsum.numpy()
+        acc += part
         # gram is C-ordered, so gram.T is the Fortran-ordered matrix dsyrk updates in place; its "upper"
         # triangle is gram's lower one. x.T (Fortran-ordered, D × rows) times its transpose is xᵀx.
         _dsyrk(1.0, x.T, beta=1.0, c=gram.numpy().T, trans=0, lower=0, overwrite_c=1)
@@ -704,6 +705,7 @@ def _native(arr: np.ndarray) -> np.ndarray:
 
 
 NON_FINITE = "embeddings contain NaN or infinite values"
+_NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
 
 
 def _check_finite(x: torch.Tensor) -> None:
@@ -734,7 +736,7 @@ def _iter_chunks(
         for a, b in bounds:
             sel = slice(a, b) if rows is None else torch.as_tensor(rows[a:b], device=embeddings.device)
             x = embeddings[sel].detach().to(device=device)
-            yield x if x.is_floating_point() else x.to(GRAM_DTYPE)
+            yield x if x.dtype in _NUMPY_FLOATS else x.to(GRAM_DTYPE)  # bfloat16, integers: no numpy view
         return
     if rows is None and not isinstance(embeddings, np.memmap) and device.type == "cpu":
         for a, b in bounds:
