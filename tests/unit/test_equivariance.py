@@ -346,6 +346,27 @@ def known(shapes_images):
     }
 
 
+def test_mlp_head_learns_what_a_linear_head_cannot():
+    """y = a·b and the XOR of two signs: no linear function of (a, b) carries them (R² ≈ 0, chance accuracy);
+    SIE's two-hidden-layer head must, from the default widths, in a few epochs."""
+    rng = np.random.default_rng(4)
+    x = torch.from_numpy(rng.uniform(-1, 1, (1600, 2)))
+    prod = (x[:, 0] * x[:, 1]).numpy()
+    xor = ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long().numpy()
+    fit, val, test = slice(0, 1000), slice(1000, 1200), slice(1200, 1600)
+    pred, info = eq.mlp_fit_predict(x[fit], torch.from_numpy(prod[fit]), x[val], prod[val], x[test], epochs=15)
+    assert r2_score(prod[test], pred.numpy().ravel()) > 0.9
+    assert 1 <= info["best_epoch"] <= 15 and info["val_score"] > 0.9
+    ridge = Ridge(alpha=1e-6).fit(x[fit].numpy(), prod[fit])
+    assert r2_score(prod[test], ridge.predict(x[test].numpy())) < 0.05
+    cls, _ = eq.mlp_fit_predict(x[fit], torch.from_numpy(xor[fit]), x[val], xor[val], x[test], n_classes=2,
+                                epochs=15)
+    assert balanced_accuracy_score(xor[test], cls.numpy()) > 0.9
+    # seeded: the same call gives the same predictions
+    again, _ = eq.mlp_fit_predict(x[fit], torch.from_numpy(prod[fit]), x[val], prod[val], x[test], epochs=15)
+    torch.testing.assert_close(again, pred, rtol=0, atol=0)
+
+
 def test_known_encoders_rotation(known):
     px, rad, lum = (known[k].metrics for k in ("pixels", "radial", "luma"))
     # A: the radial profile is rotation-invariant (normalised corrected curve ≈ 1), pixels are not
@@ -356,10 +377,11 @@ def test_known_encoders_rotation(known):
         assert curves[k][-1] < curves["radial"][-1] - 0.05  # at ±45°
     assert rad["invariance_auc_rotation"] > max(px["invariance_auc_rotation"], lum["invariance_auc_rotation"])
     # B: the rotation angle is recoverable from pixel pairs (MLP), not from the radial profile
+    # (SIE's deep-end head at 4 draws: pixels 0.74, luma 0.89 on CPU; ceiling 1.0, see RESULTS.md)
     for m in (px, lum):
-        assert m["r2_mlp_rotation"] > 0.3
-        assert m["r2_mlp_rotation"] > rad["r2_mlp_rotation"] + 0.3
-        assert m["balacc_mlp_rot90"] > 0.8
+        assert m["r2_mlp_rotation"] > 0.6
+        assert m["r2_mlp_rotation"] > rad["r2_mlp_rotation"] + 0.6
+        assert m["balacc_mlp_rot90"] > 0.85
     assert rad["r2_mlp_rotation"] < 0.1
     assert rad["balacc_mlp_rot90"] < 0.4  # chance 0.25
     # C: pixels transform linearly (M_g exact, retrieval perfect); the radial profile's M_g = I already fits
@@ -373,14 +395,14 @@ def test_known_encoders_rotation(known):
 def test_known_encoders_colour(known):
     px, rad, lum = (known[k].metrics for k in ("pixels", "radial", "luma"))
     assert lum["r2_mlp_colour"] < 0.1 and lum["r2_linear_colour"] < 0.1
-    for m in (px, rad):
-        assert m["r2_mlp_colour"] > 0.3
-        assert m["r2_mlp_colour"] > lum["r2_mlp_colour"] + 0.3
+    for m in (px, rad):  # pixels 0.53, radial 0.58 on CPU
+        assert m["r2_mlp_colour"] > 0.45
+        assert m["r2_mlp_colour"] > lum["r2_mlp_colour"] + 0.45
     out = known["luma"].figures["r2"]["per_output"]["colour"]
     assert out["targets"] == ["brightness", "contrast", "saturation", "hue"]
     assert max(out["mlp"][:3]) < 0.1  # invisible to standardised luma
     pxo = known["pixels"].figures["r2"]["per_output"]["colour"]["mlp"]
-    assert pxo[0] > 0.5 and pxo[3] > 0.5  # brightness and hue are in the pixels
+    assert pxo[0] > 0.75 and pxo[3] > 0.65  # brightness (0.88) and hue (0.78) are in the pixels
 
 
 def test_result_layout_and_determinism(known, shapes_images):
