@@ -26,8 +26,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +40,7 @@ import httpx
 import numpy as np
 
 from benchmarks.common import machine, write_section
+from repscope.testing import Proc, free_port, services_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("REPSCOPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -50,40 +49,6 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 # ---- processes ---------------------------------------------------------------------------------------------
-class Proc:
-    """A subprocess in its own session with its output in a log file; stop() sends SIGTERM, then SIGKILL."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 30.0) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-
-    def log_tail(self, n: int = 40) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return f"--- {self.name} log ({self.log_path}) ---\n" + "\n".join(lines[-n:])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(check, what: str, proc: Proc, timeout: float) -> None:  # noqa: ANN001
     """Poll check() until it is true; fail when `proc` exits first or after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -100,24 +65,6 @@ def wait_until(check, what: str, proc: Proc, timeout: float) -> None:  # noqa: A
 
 
 # ---- services ----------------------------------------------------------------------------------------------
-def services_problem() -> str | None:
-    """Why PostgreSQL or Redis cannot be used, or None when both answer."""
-    problems = []
-    try:
-        import psycopg
-
-        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"PostgreSQL at {PG_ADMIN_URL}: {exc}")
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping()
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"Redis at {REDIS_URL}: {exc}")
-    return "; ".join(problems) or None
-
-
 def service_versions() -> str:
     import psycopg
     import redis
@@ -478,7 +425,7 @@ def main(argv: list[str], *, skip_without_services: bool = False) -> None:
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     args = parser.parse_args(argv)
-    problem = services_problem()
+    problem = services_problem(PG_ADMIN_URL, REDIS_URL)
     if problem:
         if skip_without_services:
             print(f"bench_load skipped: {problem}")

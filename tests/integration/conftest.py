@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from repscope.testing import services_problem
 from tests.integration.procs import (
     Proc,
     base_env,
@@ -40,21 +41,9 @@ class Deployment:
 
 def services_or_skip() -> None:
     """Skip (or fail under CI's REPSCOPE_REQUIRE_SERVICES=1) when PostgreSQL or Redis is absent."""
-    problems = []
-    try:
-        import psycopg
-
-        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"PostgreSQL at {PG_ADMIN_URL}: {exc}")
-    try:
-        import redis
-
-        redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping()
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"Redis at {REDIS_URL}: {exc}")
-    if problems:
-        reason = "cluster services unavailable: " + "; ".join(problems)
+    problem = services_problem(PG_ADMIN_URL, REDIS_URL)
+    if problem:
+        reason = "cluster services unavailable: " + problem
         if REQUIRE_SERVICES:
             pytest.fail(reason + " (REPSCOPE_REQUIRE_SERVICES=1)")
         print(reason)

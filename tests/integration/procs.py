@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +12,10 @@ from pathlib import Path
 import httpx
 
 from repscope.cli import worker_command
+from repscope.testing import ROOT, Proc, free_port
 from tests.conftest import ADMIN_TOKEN, WORKER_TOKEN
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ROOT", "Proc", "base_env", "free_port", "start_api", "start_serve", "start_worker", "wait_healthy"]
 
 
 def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -37,37 +30,6 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> Non
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} not healthy after {timeout} s")
-
-
-class Proc:
-    """A subprocess with its output in a log file; stop() sends SIGTERM, then SIGKILL."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """SIGTERM/SIGINT: to the process (it stops its children itself). SIGKILL: to its whole process group,
-        as when a machine loses the process and everything it started."""
-        if self.proc.poll() is None:
-            if sig == signal.SIGKILL:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            else:
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
-
-    def log_tail(self, n: int = 60) -> str:
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        return f"--- {self.name} log ---\n" + "\n".join(lines[-n:])
 
 
 def base_env(data_dir: Path, api_url: str, **overrides: str) -> dict[str, str]:
