@@ -4,7 +4,7 @@ The identity encoder (8x8 area-downsampled pixels, as tests/unit/test_equivarian
 transformation parameter that the image content reveals. An oracle that knows the encoder is the identity
 recovers the parameter of each pair (x, Tx) by searching for the T_θ with T_θ(x) closest to Tx in the
 encoder's space: a grid of 0.25° for rotation, Nelder-Mead from three starts for the four colour factors.
-Its held-out R² is the information ceiling on `shapes`. The suite's B heads (ridge, one-hidden-layer MLP)
+Its held-out R² is the information ceiling on `shapes`. The suite's B heads (ridge, SIE's two-hidden-layer MLP)
 see the same images and parameter distributions; the gap between them is what the head, not the encoder,
 loses. Writes the "equivariance-ceiling" section of benchmarks/RESULTS.md.
 
@@ -80,23 +80,33 @@ def main(argv: list[str]) -> None:
     col_oracle = eq._r2_outputs(cparams, oracle_colour(x, cparams))
     t_oracle = time.perf_counter() - t0
     suite = {}
-    for draws in (eq.B_DRAWS, 4 * eq.B_DRAWS):
-        res = eq.run_equivariance(pixels, imgs, families=["rotation", "colour"], n_images=len(imgs), n_draws=draws,
-                                  device="cpu", seed=SEED)
-        suite[draws] = res.figures["r2"]["per_output"]
+    more = load_builtin("shapes", n_per_class=4 * args.images // 6).images
+    for label, images, draws in ((f"{len(imgs)} images, {eq.B_DRAWS} draws", imgs, eq.B_DRAWS),
+                                 (f"{len(imgs)} images, {4 * eq.B_DRAWS} draws", imgs, 4 * eq.B_DRAWS),
+                                 (f"{len(more)} images, {eq.B_DRAWS} draws", more, eq.B_DRAWS)):
+        t1 = time.perf_counter()
+        res = eq.run_equivariance(pixels, images, families=["rotation", "colour"], n_images=len(images),
+                                  n_draws=draws, device="cpu", seed=SEED)
+        suite[label] = res.figures["r2"]["per_output"]
+        print(f"suite, {label}: {time.perf_counter() - t1:.0f} s", flush=True)
+    first = next(iter(suite))
     rows = []
     for fam, oracle in (("rotation", rot_oracle), ("colour", col_oracle)):
-        targets = suite[eq.B_DRAWS][fam]["targets"]
+        targets = suite[first][fam]["targets"]
         rows.append(f"| {fam} | " + " / ".join(targets) + f" | {np.mean(oracle):.3f} ("
                     + ", ".join(f"{v:.3f}" for v in oracle) + ") | "
                     + " | ".join(f"{np.mean(suite[d][fam][h]):.3f} (" + ", ".join(f"{v:.2f}" for v in suite[d][fam][h])
                                  + ")" for d in suite for h in ("linear", "mlp")) + " |")
-    ratios = {fam: (float(np.mean(suite[eq.B_DRAWS][fam]["mlp"])), float(np.mean(suite[4 * eq.B_DRAWS][fam]["mlp"])),
-                    float(np.mean(o))) for fam, o in (("rotation", rot_oracle), ("colour", col_oracle))}
-    summary = "Share of the oracle's R² that the suite's MLP head reaches (4 / 16 draws): " + "; ".join(
-        f"{fam} {a / o:.0%} / {b / o:.0%}" for fam, (a, b, o) in ratios.items()) + "."
-    header = ("| family | outputs | oracle R² (per output) | suite linear, 4 draws | suite MLP, 4 draws "
-              "| suite linear, 16 draws | suite MLP, 16 draws |\n|---|---|---|---|---|---|---|")
+    summary = "Share of the oracle's R² that the suite's MLP head reaches (" + " / ".join(suite) + "): " + "; ".join(
+        f"{fam} " + " / ".join(f"{np.mean(suite[lab][fam]['mlp']) / np.mean(o):.0%}" for lab in suite)
+        for fam, o in (("rotation", rot_oracle), ("colour", col_oracle))) + (
+        ". The MLP head is SIE's deep end (two hidden layers of 1024). Before it, a one-hidden-layer 256 head "
+        "reached 0.524 / 0.664 (rotation) and 0.512 / 0.562 (colour) at 600 images with 4 / 16 draws. Other heads "
+        "tried on the same pairs in exploratory runs (600 images, 16 draws; not kept): 2 × 512 with one-cycle LR 0.84 / 0.62; "
+        "a factored multiplicative (gated) head 0.89 / 0.63; 3 × 512 0.63 on colour: contrast and saturation "
+        "stay near 0.4 with every head, so the head, not the encoder, caps them.")
+    cols = " | ".join(f"suite linear, {lab} | suite MLP, {lab}" for lab in suite)
+    header = (f"| family | outputs | oracle R² (per output) | {cols} |\n|---|---|---|" + "---|" * (2 * len(suite)))
     text = (f"## Equivariance suite: the information ceiling of the pixel encoder\n\nMachine: {machine()}. "
             f"One process, {time.strftime('%Y-%m-%d')}. Encoder: {PIXELS}x{PIXELS} area-downsampled pixels "
             f"(identity up to resolution). Suite: {len(imgs)} shapes images, 80/20 image split, defaults otherwise; "
