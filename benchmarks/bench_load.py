@@ -16,7 +16,8 @@ long the worker needs to finish every evaluation queued during the load (and how
 and the server-side counts (metric rows and artifacts per run against what each job had accepted).
 Bar: 0 errors, every evaluation succeeded, every count matches; the script exits non-zero otherwise.
 
-Usage: python -m benchmarks.bench_load [--users 50] [--duration 120] [--api-workers 2] [--no-write] [--json F]
+Usage: python -m benchmarks.bench_load [--users 50] [--duration 120] [--api-workers 2] [--db-pool-size 20]
+       [--db-max-overflow 10] [--no-write] [--json F]
 Needs the server and worker extras, the bench extra (locust), and PostgreSQL and Redis running.
 """
 
@@ -105,6 +106,7 @@ class Cluster:
     db_url: str  # libpq URL of the database, for server-side counts
     admin_token: str
     api_workers: int
+    pool: tuple[int, int]  # PostgreSQL pool per API process: (size, max overflow)
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -121,8 +123,9 @@ class Cluster:
 
 
 @contextmanager
-def cluster(work: Path, api_workers: int) -> Iterator[Cluster]:
-    """PostgreSQL database + Redis queue + uvicorn API (`api_workers` processes) + one Celery worker."""
+def cluster(work: Path, api_workers: int, pool: tuple[int, int] = (20, 10)) -> Iterator[Cluster]:
+    """PostgreSQL database + Redis queue + uvicorn API (`api_workers` processes, each with a pool of
+    `pool` = (size, max overflow) connections) + one Celery worker."""
     from backend.migrate import upgrade
     from repscope.cli import worker_command
 
@@ -135,11 +138,12 @@ def cluster(work: Path, api_workers: int) -> Iterator[Cluster]:
         sa_url = db_url.replace("postgresql://", "postgresql+psycopg://", 1)
         env.update({"REPSCOPE_DATA_DIR": str(work / "data"), "REPSCOPE_API_URL": url, "PYTHONUNBUFFERED": "1",
                     "REPSCOPE_DATABASE_URL": sa_url, "REPSCOPE_BROKER_URL": REDIS_URL, "REPSCOPE_QUEUE": queue,
-                    "REPSCOPE_WORKER_TOKEN": worker_token})
+                    "REPSCOPE_WORKER_TOKEN": worker_token, "REPSCOPE_DB_POOL_SIZE": str(pool[0]),
+                    "REPSCOPE_DB_MAX_OVERFLOW": str(pool[1])})
         upgrade(sa_url)  # once, before the API processes start (they would race on a fresh database)
         api_cmd = [sys.executable, "-m", "uvicorn", "--factory", "backend.app:create_app", "--host", "127.0.0.1",
                    "--port", str(port), "--workers", str(api_workers), "--log-level", "warning"]
-        c = Cluster(url, db_url, admin_token, api_workers)
+        c = Cluster(url, db_url, admin_token, api_workers, pool)
         try:
             c.procs.append(Proc("api", api_cmd, {**env, "REPSCOPE_ADMIN_TOKEN": admin_token}, work))
             wait_until(lambda: httpx.get(f"{url}/api/v1/health", timeout=2).json()["status"] == "ok",
@@ -382,7 +386,8 @@ def report(c: Cluster, load: dict, backlog: Backlog, summary: dict, loadavg: str
         f"## Load test on loopback (cluster shape)\n\n"
         f"Machine: {machine()}; load average before the run {loadavg}. {time.strftime('%Y-%m-%d')}.\n\n"
         f"{summary['users']} simulated training jobs (locust FastHttpUser, one write token each) for "
-        f"{summary['duration_s']:.0f} s against the API as `uvicorn --workers {c.api_workers}`, {versions}, one "
+        f"{summary['duration_s']:.0f} s against the API as `uvicorn --workers {c.api_workers}` (database pool per process: "
+        f"{c.pool[0]} + {c.pool[1]} overflow), {versions}, one "
         f"Celery worker (solo pool, CPU), all on this machine together with locust. Each job: get-or-create its "
         f"run, log loss + lr once a second, upload a 256 x 64 float32 .npy (suites=spectrum, Idempotency-Key) "
         f"every ~10 s, read its loss curve back every ~30 s.\n\n"
@@ -421,6 +426,8 @@ def main(argv: list[str], *, skip_without_services: bool = False) -> None:
     parser.add_argument("--users", type=int, default=50, help="simulated training jobs")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
+    parser.add_argument("--db-pool-size", type=int, default=20, help="REPSCOPE_DB_POOL_SIZE of the API")
+    parser.add_argument("--db-max-overflow", type=int, default=10, help="REPSCOPE_DB_MAX_OVERFLOW of the API")
     parser.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for the worker")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
@@ -432,7 +439,8 @@ def main(argv: list[str], *, skip_without_services: bool = False) -> None:
             return
         raise SystemExit(f"bench_load needs PostgreSQL and Redis: {problem}")
     loadavg = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    with tempfile.TemporaryDirectory(prefix="repscope-load-") as tmp, cluster(Path(tmp), args.api_workers) as c:
+    pool = (args.db_pool_size, args.db_max_overflow)
+    with tempfile.TemporaryDirectory(prefix="repscope-load-") as tmp, cluster(Path(tmp), args.api_workers, pool) as c:
         try:
             tokens = make_tokens(c, args.users)
             load = run_jobs(c, tokens, args.users, args.duration, Path(tmp))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,6 +16,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path("./data")
     # SQLAlchemy URL; default: SQLite in data_dir. PostgreSQL: postgresql+psycopg://user@host/db
     database_url: str | None = None
+    # PostgreSQL connections each API process keeps open, and how many more it may open under a burst (closed
+    # again when returned). Per process: --workers N uvicorn opens up to N x (size + overflow).
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
     # Celery broker; default: kombu's filesystem transport in data_dir/broker (no Redis needed).
     broker_url: str | None = None
     # Celery queue the evaluations go to.
