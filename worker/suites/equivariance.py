@@ -80,9 +80,10 @@ Cost: one encoder pass over n images per fixed g (54), per base view (plain / di
 (13 × B_DRAWS): 108 passes with every family. Features of one family at a time stay on the device
 (≤ 13 × n × D floats); B's ridge works on a float64 (B_DRAWS·n) × 2D matrix. The MLP heads dominate on a CPU:
 14 heads (13 families + single view) × MLP_EPOCHS epochs over ≈ 0.64·B_DRAWS·n pairs through a 1024 × 1024
-layer. Measured, every family, n = 1000, 2 CPU cores (AMD EPYC): a 24-d CNN 225 s, ≈ 15 s per MLP head (with the
-one-hidden-layer 256 head used before, a 64-d ConvNet took ≈ 40 s in all on one thread). On one H200, ResNet-18 (CIFAR stem, 512-d) at 32 px
-took 21 s with that smaller head; the SIE head has not been timed on a GPU yet. The ridge numbers agree across
+layer. Measured, every family, n = 1000, 2 CPU cores (AMD EPYC): a 24-d CNN 225 s, ≈ 15 s per MLP head
+(with the one-hidden-layer 256 head used before, a 64-d ConvNet took ≈ 40 s in all on one thread). On one
+H200, ResNet-18 (CIFAR stem, 512-d) at 32 px took 21 s with that smaller head; the SIE head has not been timed
+on a GPU yet. The ridge numbers agree across
 devices to rounding; the MLP heads (float32, different kernels) moved balanced accuracies / R² by up to ≈ 0.04
 between CPU and CUDA at n = 500 (smaller head).
 """
@@ -124,9 +125,10 @@ MIN_IMAGES = 20
 RIDGE_ALPHAS_PER_SAMPLE = tuple(10.0 ** k for k in range(-6, 4))  # α = value × n_fit (scikit-learn's α units)
 B_DRAWS = 4  # random parameter draws (pairs) per image in B: 1000 images → 4000 pairs
 # The MLP head is SIE's "deep end" (eval_angle_prediction.py: Linear(2D, 1024) → ReLU → Linear(1024, 1024) → ReLU
-# → Linear(k); Adam, lr 1e-3, no weight decay). SIE trains 50 epochs of batch 256 over 3DIEBench's ~350 000
-# pairs; with the suite's few thousand pairs that is a few hundred steps, so we run more, smaller epochs and
-# keep the best one on the validation images.
+# → Linear(k); Adam, lr 1e-3, no weight decay). SIE trains 50 epochs of batch 256, each over every 3DIEBench
+# training object with a fresh random pair of its views (tens of thousands of pairs an epoch); with the suite's
+# few thousand fixed pairs that would be a few hundred steps, so we run more, smaller epochs and keep the best
+# one on the validation images.
 MLP_HIDDEN = (1024, 1024)
 MLP_EPOCHS = 100
 MLP_BATCH = 128
