@@ -59,8 +59,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     app = FastAPI(title="repscope", version=__version__, lifespan=lifespan,
                   description="Measure how good a learned representation is, while it trains.")
     app.state.settings = settings
-    app.state.engine = make_engine(settings.resolved_database_url, pool_size=settings.db_pool_size,
-                                   max_overflow=settings.db_max_overflow)
+    app.state.engine = make_engine(settings)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
     app.state.store = ArtifactStore(settings.data_dir / "artifacts")
     app.state.queue = TaskQueue(settings)

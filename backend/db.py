@@ -7,14 +7,18 @@ from collections.abc import Iterator
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from repscope.settings import Settings
+
 
 class Base(DeclarativeBase):
     pass
 
 
-def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> Engine:
-    """SQLite: one file, WAL, foreign keys on (the pool settings do not apply). Otherwise a QueuePool of
-    `pool_size` kept connections plus up to `max_overflow` opened for bursts, pinged before use."""
+def make_engine(settings: Settings) -> Engine:
+    """The engine of settings.resolved_database_url. SQLite: one file, WAL, foreign keys on (the pool settings do
+    not apply). Otherwise a QueuePool of db_pool_size kept connections plus up to db_max_overflow opened for
+    bursts, pinged before use."""
+    url = settings.resolved_database_url
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -27,7 +31,8 @@ def make_engine(url: str, *, pool_size: int = 20, max_overflow: int = 10) -> Eng
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+    return create_engine(url, pool_pre_ping=True, pool_size=settings.db_pool_size,
+                         max_overflow=settings.db_max_overflow)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

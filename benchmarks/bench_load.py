@@ -16,8 +16,8 @@ long the worker needs to finish every evaluation queued during the load (and how
 and the server-side counts (metric rows and artifacts per run against what each job had accepted).
 Bar: 0 errors, every evaluation succeeded, every count matches; the script exits non-zero otherwise.
 
-Usage: python -m benchmarks.bench_load [--users 50] [--duration 120] [--api-workers 2] [--db-pool-size 20]
-       [--db-max-overflow 10] [--no-write] [--json F]
+Usage: python -m benchmarks.bench_load [--users 50] [--duration 120] [--api-workers 2] [--db-pool-size S]
+       [--db-max-overflow O] [--no-write] [--json F]
 Needs the server and worker extras, the bench extra (locust), and PostgreSQL and Redis running.
 """
 
@@ -41,11 +41,10 @@ import httpx
 import numpy as np
 
 from benchmarks.common import machine, write_section
-from repscope.testing import Proc, free_port, services_problem
+from repscope.settings import Settings
+from repscope.testing import PG_ADMIN_URL, REDIS_URL, Proc, free_port, services_problem
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get("REPSCOPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REPSCOPE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 FINISHED = ("succeeded", "failed", "cancelled")
 
 
@@ -123,7 +122,7 @@ class Cluster:
 
 
 @contextmanager
-def cluster(work: Path, api_workers: int, pool: tuple[int, int] = (20, 10)) -> Iterator[Cluster]:
+def cluster(work: Path, api_workers: int, pool: tuple[int, int]) -> Iterator[Cluster]:
     """PostgreSQL database + Redis queue + uvicorn API (`api_workers` processes, each with a pool of
     `pool` = (size, max overflow) connections) + one Celery worker."""
     from backend.migrate import upgrade
@@ -426,13 +425,16 @@ def main(argv: list[str], *, skip_without_services: bool = False) -> None:
     parser.add_argument("--users", type=int, default=50, help="simulated training jobs")
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument("--api-workers", type=int, default=2, help="uvicorn worker processes")
-    parser.add_argument("--db-pool-size", type=int, default=20, help="REPSCOPE_DB_POOL_SIZE of the API")
-    parser.add_argument("--db-max-overflow", type=int, default=10, help="REPSCOPE_DB_MAX_OVERFLOW of the API")
+    pool_fields = Settings.model_fields
+    parser.add_argument("--db-pool-size", type=int, default=pool_fields["db_pool_size"].default,
+                        help="REPSCOPE_DB_POOL_SIZE of the API (default: the server's)")
+    parser.add_argument("--db-max-overflow", type=int, default=pool_fields["db_max_overflow"].default,
+                        help="REPSCOPE_DB_MAX_OVERFLOW of the API (default: the server's)")
     parser.add_argument("--drain-timeout", type=float, default=900.0, help="seconds to wait for the worker")
     parser.add_argument("--no-write", action="store_true", help="do not write benchmarks/RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     args = parser.parse_args(argv)
-    problem = services_problem(PG_ADMIN_URL, REDIS_URL)
+    problem = services_problem()
     if problem:
         if skip_without_services:
             print(f"bench_load skipped: {problem}")

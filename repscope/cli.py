@@ -77,7 +77,7 @@ def _embedded_credentials(settings):  # noqa: ANN001, ANN202
     if settings.admin_token:
         return settings
     path = settings.data_dir / "admin-token"
-    engine = make_engine(settings.resolved_database_url)
+    engine = make_engine(settings)
     try:
         with make_sessionmaker(engine)() as session:
             if token_service.has_admin(session):

@@ -64,7 +64,7 @@ def _db_session(args: argparse.Namespace):  # noqa: ANN202
     settings = Settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
-    return make_sessionmaker(make_engine(settings.resolved_database_url))()
+    return make_sessionmaker(make_engine(settings))()
 
 
 def _fail(message: str) -> int:

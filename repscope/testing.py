@@ -14,6 +14,9 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The PostgreSQL (admin database, to create and drop test databases in) and Redis that tests and benchmarks use.
+PG_ADMIN_URL = os.environ.get("REPSCOPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REPSCOPE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 class Proc:
@@ -57,7 +60,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def services_problem(postgres_url: str, redis_url: str) -> str | None:
+def services_problem(postgres_url: str = PG_ADMIN_URL, redis_url: str = REDIS_URL) -> str | None:
     """Why PostgreSQL or Redis cannot be used, or None when both answer."""
     problems = []
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from repscope.testing import services_problem
+from repscope.testing import PG_ADMIN_URL, REDIS_URL, services_problem
 from tests.integration.procs import (
     Proc,
     base_env,
@@ -20,8 +20,6 @@ from tests.integration.procs import (
     wait_healthy,
 )
 
-PG_ADMIN_URL = os.environ.get("REPSCOPE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("REPSCOPE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 REQUIRE_SERVICES = os.environ.get("REPSCOPE_REQUIRE_SERVICES") == "1"
 
 
@@ -41,7 +39,7 @@ class Deployment:
 
 def services_or_skip() -> None:
     """Skip (or fail under CI's REPSCOPE_REQUIRE_SERVICES=1) when PostgreSQL or Redis is absent."""
-    problem = services_problem(PG_ADMIN_URL, REDIS_URL)
+    problem = services_problem()
     if problem:
         reason = "cluster services unavailable: " + problem
         if REQUIRE_SERVICES:
