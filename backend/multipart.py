@@ -2,25 +2,34 @@
 
 Starlette's form parser spools files into the system temp dir first; this one writes into the data dir while
 hashing, enforces the byte limit as the body arrives, and keeps text fields small, so the API process never
-holds a whole upload in memory and never writes it twice.
+holds a whole upload in memory and never writes it twice. A client that stops sending for the idle timeout
+(REPSCOPE_UPLOAD_IDLE_TIMEOUT_S) gets a 408 and its partial file is removed: no server holds a temp file and a
+connection open for a stalled upload.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from backend.storage import ArtifactStore, IncomingFile, Received
 
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
+DEFAULT_IDLE_TIMEOUT_S = 60.0
 
 
 class MultipartError(ValueError):
     """The request body is not acceptable multipart form data; the message says why."""
+
+
+class UploadStalled(Exception):
+    """No byte of the body arrived for the idle timeout."""
 
 
 @dataclass
@@ -84,7 +93,10 @@ class _Collector:
 
     def on_part_end(self) -> None:
         if self._text is not None and self._name is not None:
-            self.form.fields[self._name] = self._text.decode("utf-8", "replace")
+            try:
+                self.form.fields[self._name] = self._text.decode("utf-8")
+            except UnicodeDecodeError:
+                raise MultipartError(f"form field {self._name!r} is not valid UTF-8") from None
             self._text = None
 
     def callbacks(self) -> dict:
@@ -93,15 +105,39 @@ class _Collector:
             "on_headers_finished", "on_part_data", "on_part_end")}
 
 
-async def receive_upload(request: Request, store: ArtifactStore, limit: int, file_field: str = "file") -> UploadForm:
-    """Parse the body; on any error the partial file is removed before the exception propagates."""
+async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """request.stream() with a deadline on every receive: UploadStalled when the client goes quiet."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout_s):  # no extra task per chunk, unlike wait_for
+                message = await request.receive()
+        except TimeoutError:
+            raise UploadStalled(f"upload stalled: no data arrived for {idle_timeout_s:g} s") from None
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        if message.get("body"):
+            yield message["body"]
+        if not message.get("more_body", False):
+            return
+
+
+def _idle_timeout(request: Request) -> float:
+    settings = getattr(request.app.state, "settings", None) if "app" in request.scope else None
+    return getattr(settings, "upload_idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)
+
+
+async def receive_upload(request: Request, store: ArtifactStore, limit: int, file_field: str = "file",
+                         idle_timeout_s: float | None = None) -> UploadForm:
+    """Parse the body; on any error the partial file is removed before the exception propagates.
+    `idle_timeout_s` default: the app's settings.upload_idle_timeout_s."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise MultipartError("expected a multipart/form-data body with a 'file' part")
     collector = _Collector(store, limit, file_field)
     parser = MultipartParser(options[b"boundary"], collector.callbacks())
+    timeout = idle_timeout_s if idle_timeout_s is not None else _idle_timeout(request)
     try:
-        async for chunk in request.stream():
+        async for chunk in body_chunks(request, timeout):
             parser.write(chunk)
         parser.finalize()
         if parser.state != MultipartState.END:
@@ -120,7 +156,8 @@ async def receive_upload(request: Request, store: ArtifactStore, limit: int, fil
 
 
 async def receive_file_or_4xx(request: Request, store: ArtifactStore, limit: int) -> UploadForm:
-    """receive_upload for a route: 413 past the size limit, 400 for a malformed body or a missing 'file'."""
+    """receive_upload for a route: 413 past the size limit, 400 for a malformed body or a missing 'file', 408
+    for a body that stalls (the connection is closed: the rest of the body is never read)."""
     from fastapi import HTTPException
 
     from backend.storage import UploadTooLarge
@@ -131,6 +168,8 @@ async def receive_file_or_4xx(request: Request, store: ArtifactStore, limit: int
         raise HTTPException(413, str(exc)) from None
     except MultipartError as exc:
         raise HTTPException(400, str(exc)) from None
+    except UploadStalled as exc:
+        raise HTTPException(408, str(exc), headers={"Connection": "close"}) from None
     if form.file is None:
         raise HTTPException(400, "missing the 'file' part of the multipart form")
     return form

@@ -16,12 +16,12 @@ import re
 import stat
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from repscope.formats import _check_zip_names, _npz_member
+from repscope.formats import FormatError, ZipLimits, _check_zip_names, _npz_member, check_npz_directory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM", b"GIF87a", b"GIF89a")
@@ -61,6 +61,7 @@ class DatasetLimits:
     max_members: int = 200_000
     max_expanded_bytes: int = 20 * 1024**3
     max_image_bytes: int = 50 * 1024**2
+    npz: ZipLimits | None = None  # an .npz's total (with max_expanded_bytes) and ratio; None: from the settings
 
 
 @dataclass
@@ -99,17 +100,23 @@ def inspect_dataset(path: str | os.PathLike, filename: str | None = None,
         raise DatasetError(f"dataset archive is damaged or unsupported ({type(exc).__name__}: {exc})") from None
 
 
+def npz_limits(limits: DatasetLimits) -> ZipLimits:
+    """The zip limits of a dataset .npz: the settings' ratio, and the smaller of the two expanded totals."""
+    npz = limits.npz or ZipLimits.from_settings()
+    return replace(npz, max_expanded_bytes=min(npz.max_expanded_bytes, limits.max_expanded_bytes))
+
+
 def _inspect_npz(path, zf: zipfile.ZipFile, limits: DatasetLimits) -> DatasetInfo:
     try:
         _check_zip_names(zf.infolist(), 16)
+        check_npz_directory(zf.infolist(), npz_limits(limits))  # from the directory, before any header is read
+    except FormatError as exc:
+        raise DatasetError(f"dataset {exc}") from None
+    try:
         members = {i.filename.removesuffix(".npy"): _npz_member(path, zf, i, i.filename.removesuffix(".npy"))
                    for i in zf.infolist()}
     except (ValueError, EOFError, zlib.error) as exc:  # FormatError, or numpy / zlib on a damaged member
         raise DatasetError(f"invalid dataset .npz: {exc}") from None
-    expanded = sum(i.file_size for i in zf.infolist())
-    if expanded > limits.max_expanded_bytes:
-        raise DatasetError(f"dataset .npz expands to {expanded} bytes, more than the limit of "
-                           f"{limits.max_expanded_bytes}")
     images, labels = members.get("images"), members.get("labels")
     if images is None:
         raise DatasetError("dataset .npz needs an 'images' array (uint8, N x H x W x C)")

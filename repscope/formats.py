@@ -71,6 +71,52 @@ class EmbeddingsArrays:
     views: np.ndarray | None = None  # N x q x D embeddings of q augmented views per row
 
 
+@dataclass(frozen=True)
+class ZipLimits:
+    """Caps on an .npz read from its zip directory before any member is inflated (zip bombs). Defaults are
+    Settings' defaults; ``from_settings`` applies a deployment's REPSCOPE_MAX_NPZ_EXPANDED_BYTES,
+    REPSCOPE_MAX_ZIP_RATIO and REPSCOPE_ZIP_RATIO_MIN_BYTES."""
+
+    max_expanded_bytes: int = 8 * 1024**3  # declared uncompressed total of all members
+    max_ratio: float = 200.0  # uncompressed / compressed, per member
+    ratio_min_bytes: int = 16 * 1024**2  # smaller members may compress better (sorted int64 labels reach ~1000x)
+
+    @classmethod
+    def from_settings(cls, settings: Any = None) -> ZipLimits:
+        """The limits of `settings` (default: this process's REPSCOPE_* environment)."""
+        if settings is None:
+            from repscope.settings import get_settings
+
+            settings = get_settings()
+        total = settings.max_npz_expanded_bytes
+        return cls(max_expanded_bytes=settings.max_upload_bytes if total is None else total,
+                   max_ratio=settings.max_zip_ratio, ratio_min_bytes=settings.zip_ratio_min_bytes)
+
+
+def check_npz_directory(infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
+    """Refuse an archive whose central directory declares more than `limits` allow; nothing is inflated.
+
+    zipfile never returns more than a member's declared ``file_size`` (it stops there and checks the CRC),
+    and every .npy header is checked against that size before an array is allocated, so the declared sizes
+    bound what reading can expand to."""
+    total = sum(i.file_size for i in infos)
+    if total > limits.max_expanded_bytes:
+        raise FormatError(
+            f".npz expands to {total} bytes, more than the limit of {limits.max_expanded_bytes} "
+            "(as its zip directory declares; nothing was inflated)"
+        )
+    for info in infos:
+        if info.file_size < max(limits.ratio_min_bytes, 1):
+            continue
+        ratio = info.file_size / max(info.compress_size, 1)
+        if ratio > limits.max_ratio:
+            raise FormatError(
+                f"zip member {info.filename!r} expands {ratio:.0f}x ({info.compress_size} bytes compressed to "
+                f"{info.file_size}); at most {limits.max_ratio:g}x is accepted, refused as a likely zip bomb "
+                "(save it uncompressed with numpy.savez if the data really is this repetitive)"
+            )
+
+
 @dataclass
 class _Member:
     """One array of a file, known by its header; data is read only through ``load`` / ``chunks``."""
@@ -234,11 +280,14 @@ def _npz_member(path, zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str) -> _
     return _Member(shape, dtype, load, chunks=chunks if streamable else None)
 
 
-def _open_npz(path, stack: ExitStack) -> tuple[dict[str, _Member], tuple[str, ...]]:
+def _open_npz(
+    path, stack: ExitStack, zip_limits: ZipLimits | None = None
+) -> tuple[dict[str, _Member], tuple[str, ...]]:
     """A zip of .npy members (numpy.savez / savez_compressed); stored members are memory-mapped."""
     zf = stack.enter_context(zipfile.ZipFile(path))
     infos = zf.infolist()
     _check_zip_names(infos, MAX_ZIP_MEMBERS)
+    check_npz_directory(infos, zip_limits or ZipLimits.from_settings())
     members, extra = {}, []
     for info in infos:
         name = info.filename
@@ -442,11 +491,16 @@ _PASS_THROUGH = (FormatError, MemoryError, FileNotFoundError, PermissionError, I
 
 
 @contextmanager
-def _opened(fmt: str, path) -> Iterator[tuple[dict[str, _Member], tuple[str, ...]]]:
+def _opened(
+    fmt: str, path, zip_limits: ZipLimits | None = None
+) -> Iterator[tuple[dict[str, _Member], tuple[str, ...]]]:
     """Open a file of a detected format; any low-level error from a malformed file becomes a FormatError."""
     try:
         with ExitStack() as stack:
-            yield _OPENERS[fmt](path, stack)
+            if fmt == "npz":
+                yield _open_npz(path, stack, zip_limits)
+            else:
+                yield _OPENERS[fmt](path, stack)
     except _PASS_THROUGH:
         raise
     # parsers of hostile bytes raise nearly anything: BadZipFile, TokenError, struct.error, ...
@@ -525,24 +579,26 @@ def _chunk_rows(chunk_rows: int, d: int) -> int:
 
 
 @contextmanager
-def _validated(path, filename, max_elements: int | None):
+def _validated(path, filename, max_elements: int | None, zip_limits: ZipLimits | None = None):
     """Detect, open and check headers and the small arrays; yields (format, members, extra keys, small arrays)."""
     fmt = detect_format(path, filename)
-    with _opened(fmt, path) as (members, extra):
+    with _opened(fmt, path, zip_limits) as (members, extra):
         _check_shapes(members, max_elements)
         yield fmt, members, extra, _small_arrays(members)
 
 
 def inspect_embeddings(
-    path, filename: str | None = None, *, max_elements: int | None = None, chunk_rows: int = 65536
+    path, filename: str | None = None, *, max_elements: int | None = None, chunk_rows: int = 65536,
+    zip_limits: ZipLimits | None = None,
 ) -> EmbeddingsInfo:
     """Validate a whole file in bounded memory and describe it; raise FormatError naming any problem.
 
     Checks: readable format; embeddings 2-D, N >= 1, D >= 1, floating dtype, every value finite (scanned
     in row chunks of a memmap or decompression stream) and N * D <= max_elements; labels 1-D integer
-    dtype of length N; split / poison 1-D of length N with values in {0, 1}.
+    dtype of length N; split / poison 1-D of length N with values in {0, 1}; an .npz within `zip_limits`
+    (default: ZipLimits.from_settings()) before anything is inflated.
     """
-    with _validated(path, filename, max_elements) as (fmt, members, extra, small):
+    with _validated(path, filename, max_elements, zip_limits) as (fmt, members, extra, small):
         emb, labels = members["embeddings"], small["labels"]
         n, d = emb.shape
         _check_finite(emb.row_chunks(_chunk_rows(chunk_rows, d)), emb.bf16)
@@ -557,10 +613,13 @@ def inspect_embeddings(
         )  # fmt: skip
 
 
-def load_embeddings(path, filename: str | None = None, *, check_finite: bool = True) -> EmbeddingsArrays:
+def load_embeddings(
+    path, filename: str | None = None, *, check_finite: bool = True, zip_limits: ZipLimits | None = None
+) -> EmbeddingsArrays:
     """Validate and load a file. Embeddings stay memory-mapped where the format allows; bfloat16 becomes
-    float32 and strided .pt views are copied row-major. Same checks as inspect_embeddings, less max_elements."""
-    with _validated(path, filename, None) as (_, members, _, small):
+    float32 and strided .pt views are copied row-major. Same checks as inspect_embeddings, less max_elements
+    (the zip limits run here too: the worker refuses a bomb even if it got past the API)."""
+    with _validated(path, filename, None, zip_limits) as (_, members, _, small):
         emb = members["embeddings"]
         arr = _bf16_to_f32(emb.load()) if emb.bf16 else emb.load()
         if not arr.flags.c_contiguous and not isinstance(arr, np.memmap):

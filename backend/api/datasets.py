@@ -5,9 +5,11 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from backend.api.deps import CanAdmin, CanRead, CanWrite, SessionDep, SettingsDep, StoreDep
+from backend.api.openapi import FILE_RESPONSE
 from backend.multipart import receive_file_or_4xx
 from backend.services import datasets as service
-from repscope.datasets import DatasetError, DatasetLimits
+from repscope.datasets import DATASET_NAME, DatasetError, DatasetLimits
+from repscope.formats import ZipLimits
 from repscope.schemas import DatasetFolderCreate, DatasetRead
 
 router = APIRouter(tags=["datasets"], dependencies=[CanRead])
@@ -18,7 +20,7 @@ DATASET_FORM_SCHEMA = {"requestBody": {"required": True, "content": {"multipart/
         "file": {"type": "string", "format": "binary",
                  "description": ".npz with images (uint8 N x H x W x C), labels, optional split; or an "
                                 "ImageFolder .zip (<class>/<image>)"},
-        "name": {"type": "string", "description": "unique dataset name"},
+        "name": {"type": "string", "pattern": DATASET_NAME.pattern, "description": "unique dataset name"},
         "description": {"type": "string"},
     }}}}}}
 
@@ -33,7 +35,7 @@ def get_dataset(name: str, session: SessionDep) -> DatasetRead:
     return DatasetRead.model_validate(service.get_dataset(session, name))
 
 
-@router.get("/datasets/{name}/file", response_class=FileResponse)
+@router.get("/datasets/{name}/file", response_class=FileResponse, responses=FILE_RESPONSE)
 def download_dataset(name: str, session: SessionDep, store: StoreDep) -> FileResponse:
     dataset = service.get_dataset(session, name)
     if dataset.storage_key is None:
@@ -44,10 +46,11 @@ def download_dataset(name: str, session: SessionDep, store: StoreDep) -> FileRes
 
 def dataset_limits(settings) -> DatasetLimits:  # noqa: ANN001
     return DatasetLimits(max_images=settings.max_dataset_images, max_members=settings.max_zip_members,
-                         max_expanded_bytes=settings.max_zip_expanded_bytes)
+                         max_expanded_bytes=settings.max_zip_expanded_bytes, npz=ZipLimits.from_settings(settings))
 
 
-@router.post("/datasets", status_code=201, dependencies=[CanWrite], response_model=DatasetRead, openapi_extra=DATASET_FORM_SCHEMA)
+@router.post("/datasets", status_code=201, dependencies=[CanWrite], response_model=DatasetRead, openapi_extra=DATASET_FORM_SCHEMA,
+             responses={409: {"description": "A dataset with that name exists"}})
 async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
                          settings: SettingsDep) -> DatasetRead:
     """Upload a dataset (.npz or ImageFolder .zip), validated before it is stored."""
@@ -63,7 +66,8 @@ async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
     return DatasetRead.model_validate(dataset)
 
 
-@router.post("/datasets/folder", status_code=201, dependencies=[CanAdmin], response_model=DatasetRead)
+@router.post("/datasets/folder", status_code=201, dependencies=[CanAdmin], response_model=DatasetRead,
+             responses={409: {"description": "A dataset with that name exists"}})
 def register_folder(body: DatasetFolderCreate, session: SessionDep, settings: SettingsDep) -> DatasetRead:
     """Register an ImageFolder on the server's disk (under REPSCOPE_DATASET_ROOTS)."""
     try:

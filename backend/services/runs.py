@@ -1,14 +1,34 @@
-"""Projects and runs: get-or-create, listing with search, tags and pagination."""
+"""Projects and runs: get-or-create, listing with search, tags and pagination.
+
+A run's config is clipped to MAX_CONFIG_DEPTH levels as it is loaded (see _clip_config): rows stored before
+the limit existed must not break the listings, pages and comparisons that serialize them.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from typing import Any
+
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
+from backend.limits import clip_json
 from backend.models import Project, Run
 from backend.services import NotFound
-from repscope.schemas import ProjectRead, RunCreate, RunRead
+from repscope.schemas import MAX_CONFIG_DEPTH, ProjectRead, RunCreate, RunRead, json_depth
+
+CLIPPED = f"(nested deeper than {MAX_CONFIG_DEPTH} levels: not shown)"
+
+
+@event.listens_for(Run, "load")
+@event.listens_for(Run, "refresh")
+def _clip_config(run: Run, *_: Any) -> None:
+    """Replace what lies deeper than the accepted depth with CLIPPED, in memory only (the row is untouched,
+    nothing is marked dirty)."""
+    config = run.__dict__.get("config")
+    if isinstance(config, dict | list) and json_depth(config, MAX_CONFIG_DEPTH) > MAX_CONFIG_DEPTH:
+        set_committed_value(run, "config", clip_json(config, MAX_CONFIG_DEPTH, CLIPPED))
 
 
 def get_or_create_project(session: Session, name: str) -> Project:
@@ -62,7 +82,7 @@ def list_runs(session: Session, *, project: str | None = None, tag: str | None =
     if project:
         stmt = stmt.where(Project.name == project)
     if q:
-        stmt = stmt.where(Run.name.ilike(f"%{q}%"))
+        stmt = stmt.where(Run.name.icontains(q, autoescape=True))  # q is a literal: % and _ match themselves
     runs = session.scalars(stmt.order_by(Run.id.desc())).all() if tag else None
     if tag:  # tags live in a JSON list: filter in Python (portable across SQLite and PostgreSQL)
         matching = [r for r in runs if tag in (r.tags or [])]

@@ -1,6 +1,7 @@
 """Read user image datasets: an .npz of arrays, an ImageFolder .zip, or a folder on the server.
 
-All inputs are untrusted. .npz: ``np.load(allow_pickle=False)`` after checking the archive's declared sizes.
+All inputs are untrusted. .npz: ``np.load(allow_pickle=False)`` after checking the archive's declared sizes and
+compression ratios (repscope.formats.check_npz_directory) and every .npy header against its member's size.
 Zips are vetted from their central directory before any member is decompressed (``check_zip_members``):
 no path traversal (``..``, absolute paths, drive letters), no symlinks, no encryption, at most
 ``max_members`` entries and ``max_expanded_bytes`` declared in total, and no member whose compression
@@ -18,10 +19,14 @@ import os
 import re
 import stat
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+
+from repscope.formats import FormatError, ZipLimits, _npz_member, check_npz_directory
 
 from .builtin import ImageDataset, stratified_split
 
@@ -44,17 +49,25 @@ class DatasetError(ValueError):
 # ---------------------------------------------------------------- .npz
 
 
-def _check_npz_archive(path, max_expanded_bytes: int) -> None:
+def _check_npz_archive(path, max_expanded_bytes: int, zip_limits: ZipLimits | None = None) -> None:
+    """The API's checks again (defence in depth), before np.load allocates anything: the directory's declared
+    total and per-member ratios, then every .npy header against its member's declared size."""
+    limits = zip_limits or ZipLimits.from_settings()
+    limits = replace(limits, max_expanded_bytes=min(limits.max_expanded_bytes, max_expanded_bytes))
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-    except (zipfile.BadZipFile, OSError) as e:
+            if len(infos) > MAX_NPZ_MEMBERS:
+                raise DatasetError(f".npz has {len(infos)} arrays; at most {MAX_NPZ_MEMBERS} are accepted")
+            check_npz_directory(infos, limits)
+            for info in infos:
+                _npz_member(path, zf, info, info.filename)
+    except DatasetError:
+        raise
+    except FormatError as e:
+        raise DatasetError(f"invalid .npz: {e}") from e
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
         raise DatasetError(f"not a valid .npz (zip) file: {e}") from e
-    if len(infos) > MAX_NPZ_MEMBERS:
-        raise DatasetError(f".npz has {len(infos)} arrays; at most {MAX_NPZ_MEMBERS} are accepted")
-    total = sum(i.file_size for i in infos)
-    if total > max_expanded_bytes:
-        raise DatasetError(f".npz expands to {total} bytes, more than the limit of {max_expanded_bytes}")
 
 
 def _as_split(raw: np.ndarray, n: int) -> np.ndarray:
@@ -73,10 +86,12 @@ def read_npz(
     *,
     name: str = "upload",
     max_expanded_bytes: int = MAX_EXPANDED_BYTES,
+    zip_limits: ZipLimits | None = None,
 ) -> ImageDataset:
     """``images`` uint8 N x H x W x C (C in {1, 3}; N x H x W is read as C = 1), ``labels`` integer N,
-    optional ``split`` (0 train / 1 test; default stratified 80/20, seed 0) and ``classes`` (strings)."""
-    _check_npz_archive(path, max_expanded_bytes)
+    optional ``split`` (0 train / 1 test; default stratified 80/20, seed 0) and ``classes`` (strings).
+    `zip_limits` default: ZipLimits.from_settings(), the worker's REPSCOPE_* settings."""
+    _check_npz_archive(path, max_expanded_bytes, zip_limits)
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = set(z.files)
@@ -341,5 +356,5 @@ def read_dataset_file(path: str | os.PathLike, **kw) -> ImageDataset:
     except (zipfile.BadZipFile, OSError) as e:
         raise DatasetError("dataset upload must be an .npz or a zip of class folders of images") from e
     if names and all(n.endswith(".npy") for n in names):
-        return read_npz(path, **{k: v for k, v in kw.items() if k in ("name", "max_expanded_bytes")})
+        return read_npz(path, **{k: v for k, v in kw.items() if k in ("name", "max_expanded_bytes", "zip_limits")})
     return read_image_zip(path, **kw)
