@@ -1,4 +1,5 @@
-"""The data model of DESIGN.md: Project, Run, Dataset, Artifact, Evaluation, Metric, ApiToken, Worker."""
+"""The data model of DESIGN.md: Project, Run, Dataset, Artifact, Evaluation, Metric, ApiToken, BrowserSession,
+Worker."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ class Dataset(Base):
 class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (Index("ix_artifact_run_step", "run_id", "step"),
-                      UniqueConstraint("run_id", "idempotency_key", name="uq_artifact_idempotency"))
+                      UniqueConstraint("run_id", "idempotency_key", name="uq_artifact_idempotency"),
+                      UniqueConstraint("run_id", "dedupe_key", name="uq_artifact_dedupe"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     step: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -79,8 +81,15 @@ class Artifact(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
     # derived embeddings: sha256 of (checkpoint sha, dataset identity, preprocessing) — the embedding cache
     cache_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    # client-chosen key: a retried request with the same key returns this artifact instead of a new one
+    # client-chosen key: a retried request with the same key returns this artifact instead of a new one, only for
+    # the same token and the same request (fingerprint: sha256 of file hash, file name and form fields)
     idempotency_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    idempotency_token_id: Mapped[int | None] = mapped_column(ForeignKey(
+        "api_tokens.id", ondelete="SET NULL", name="fk_artifacts_idempotency_token_id"), nullable=True)
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # sha256 of (kind, step, sha256, dataset, checkpoint params, parent): unique per run, so identical concurrent
+    # uploads store one artifact on every database (NULL on rows older than migration 0005)
+    dedupe_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     run: Mapped[Run] = relationship()
     parent: Mapped[Artifact | None] = relationship(remote_side="Artifact.id")
@@ -99,7 +108,9 @@ class Evaluation(Base):
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)  # informational: the claim decides
+    # sha256 of the claim id the current lease was issued with; every PATCH / result must present that id
+    claim_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     queue: Mapped[str | None] = mapped_column(String(200), nullable=True)  # Celery queue it was last sent to
     device: Mapped[str | None] = mapped_column(String(50), nullable=True)  # the claiming worker's device
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -138,6 +149,20 @@ class ApiToken(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BrowserSession(Base):
+    """A signed-in browser: the cookie carries a random id of which only the sha256 is stored here. Deleted on
+    logout, on revocation of its token, and (opportunistically) once expired; ids are never reused."""
+
+    __tablename__ = "browser_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id", ondelete="CASCADE"), index=True)
+    csrf_secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_seen: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Worker(Base):

@@ -1,7 +1,8 @@
 """Browser sign-in and token administration pages: /login, /logout, /admin/tokens.
 
-Sign-in takes an API token and sets a signed session cookie (backend.security). The login form is guarded
-by a double-submit CSRF cookie; every other form carries the session's CSRF token.
+Sign-in takes an API token, creates a server-side session and sets its signed cookie (backend.security); logout
+deletes the session row, so a copied cookie dies with it. The login form is guarded by a double-submit CSRF
+cookie; every other form carries the session's CSRF token.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from backend.api.deps import SessionDep
+from backend.api.params import SqlInt
 from backend.security import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -96,8 +98,9 @@ async def login(request: Request, session: SessionDep) -> Response:
     if token is None:
         return _login_page(request, next_url, "That token is not valid (or it was revoked).", status=401)
     settings = request.app.state.settings
+    session_id, _ = token_service.create_session(session, token, settings.session_max_age_s)
     response = RedirectResponse(next_url, status_code=303)
-    response.set_cookie(SESSION_COOKIE, make_session_cookie(request.app.state.secret_key, token.id),
+    response.set_cookie(SESSION_COOKIE, make_session_cookie(request.app.state.secret_key, session_id),
                         max_age=int(settings.session_max_age_s), httponly=True, samesite="lax",
                         secure=cookie_secure(request, settings), path="/")
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/login")
@@ -111,6 +114,7 @@ async def logout(request: Request, session: SessionDep) -> Response:
     principal = authenticate(request, session)
     if principal.via == "cookie":
         authorize(request, session, "read")  # checks the CSRF token: no cross-site logouts
+        token_service.end_session(session, principal.session_id or "")
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -159,7 +163,7 @@ async def admin_create_token(request: Request, session: SessionDep) -> HTMLRespo
 
 
 @router.post("/admin/tokens/{token_id}/revoke")
-async def admin_revoke_token(token_id: int, request: Request, session: SessionDep) -> Response:
+async def admin_revoke_token(token_id: SqlInt, request: Request, session: SessionDep) -> Response:
     await _form(request)
     _require_admin(request, session)
     token_service.revoke(session, token_service.get_token(session, token_id))

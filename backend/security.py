@@ -1,8 +1,10 @@
 """Who is calling and what they may do: bearer tokens, browser sessions, CSRF, per-token rate limits.
 
 - API clients send `Authorization: Bearer <token>`; the token's hash is looked up (services.tokens).
-- The browser logs in once with a token (`/login`) and then carries a signed session cookie
-  (HttpOnly, SameSite=Lax, Secure over https) naming the token; revoking the token ends its sessions.
+- The browser logs in once with a token (`/login`) and then carries a session cookie (HttpOnly, SameSite=Lax,
+  Secure over https): a random, never-reused session id, HMAC-signed, of which the server stores only the sha256
+  (services.tokens). Logout, revoking the token or rotating its secret deletes the session row: the very next
+  request with that cookie is anonymous. Cookies never name a token id (ids can be reused after a revoke).
 - Requests authenticated by the cookie that change state must carry the session's CSRF token (header
   `X-CSRF-Token` or form field `csrf_token`); bearer requests need none (no ambient credential).
 - Writes always need a token; reads need one unless `public_read`. Missing credentials: 401; a token
@@ -14,7 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import threading
@@ -43,6 +44,7 @@ class Principal:
     scopes: frozenset[str]
     via: str  # "bearer" | "cookie" | "anonymous"
     csrf: str | None = None  # the session's CSRF token (cookie logins only)
+    session_id: str | None = None  # the browser session's random id (cookie logins only)
 
     @property
     def authenticated(self) -> bool:
@@ -57,19 +59,24 @@ ANONYMOUS = Principal(None, "anonymous", frozenset(), "anonymous")
 
 # ---- secret key and session cookies ------------------------------------------------------------------------
 def load_secret_key(settings: Settings) -> bytes:
-    """REPSCOPE_SECRET_KEY, else a random key created once in data_dir/secret_key (mode 0600)."""
+    """REPSCOPE_SECRET_KEY, else a random key created once in data_dir/secret_key (mode 0600 from its first byte:
+    written to a temp file opened 0600, then linked into place; an existing looser file is tightened)."""
+    from backend.db import PRIVATE_DIR, PRIVATE_FILE, tighten
+
     if settings.secret_key:
         return settings.secret_key.encode("utf-8")
     path = Path(settings.data_dir) / "secret_key"
     try:
-        return bytes.fromhex(path.read_text().strip())
+        key_hex = path.read_text().strip()
+        tighten(path, PRIVATE_FILE)
+        return bytes.fromhex(key_hex)
     except (FileNotFoundError, ValueError):
         pass
     key = secrets.token_bytes(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, mode=PRIVATE_DIR, exist_ok=True)
     tmp = path.with_suffix(f".tmp{secrets.token_hex(4)}")
-    tmp.write_text(key.hex())
-    tmp.chmod(0o600)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "w") as fh:
+        fh.write(key.hex())
     try:
         os.link(tmp, path)  # first writer wins when several processes start at once
     except FileExistsError:
@@ -83,33 +90,21 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
 def _sign(key: bytes, payload: str) -> str:
     return _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
 
 
-def make_session_cookie(key: bytes, token_id: int) -> str:
-    payload = _b64(json.dumps({"t": token_id, "iat": int(time.time()), "n": secrets.token_hex(16)}).encode())
-    return f"{payload}.{_sign(key, payload)}"
+def make_session_cookie(key: bytes, session_id: str) -> str:
+    """The cookie for a server-side session: its random id, signed (a forged id is refused before any lookup)."""
+    return f"{session_id}.{_sign(key, f'session:{session_id}')}"
 
 
-def read_session_cookie(key: bytes, cookie: str, max_age_s: float) -> dict | None:
-    """The session's claims, or None when the signature is wrong or the session expired."""
-    payload, _, sig = cookie.partition(".")
-    if not payload or not sig or not hmac.compare_digest(sig, _sign(key, payload)):
+def read_session_cookie(key: bytes, cookie: str) -> str | None:
+    """The session id a cookie carries, or None when its signature is wrong. Expiry is the server row's."""
+    session_id, _, sig = cookie.partition(".")
+    if not session_id or not sig or not hmac.compare_digest(sig, _sign(key, f"session:{session_id}")):
         return None
-    try:
-        claims = json.loads(_unb64(payload))
-        if time.time() - float(claims["iat"]) > max_age_s:
-            return None
-        int(claims["t"])
-        str(claims["n"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return claims
+    return session_id
 
 
 def csrf_for(key: bytes, nonce: str) -> str:
@@ -175,12 +170,13 @@ def _principal(request: Request, session: Session) -> Principal:
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         key = request.app.state.secret_key
-        claims = read_session_cookie(key, cookie, request.app.state.settings.session_max_age_s)
-        token = token_service.get_token_or_none(session, int(claims["t"])) if claims else None
-        if token is not None:
+        session_id = read_session_cookie(key, cookie)
+        found = token_service.find_session(session, session_id) if session_id else None
+        if found is not None:
+            row, token = found
             token_service.touch(session, token)
             return Principal(token.id, token.name, token_service.granted(token.scopes), "cookie",
-                             csrf_for(key, str(claims["n"])))
+                             csrf_for(key, row.csrf_secret), session_id)
     return ANONYMOUS
 
 

@@ -31,6 +31,7 @@ def sweep_once(session: Session, queue: TaskQueue, settings: Settings) -> dict[s
         Evaluation.status == Status.running.value,
         Evaluation.heartbeat_at < t - timedelta(seconds=settings.lease_s))).all()
     for evaluation in lost:
+        evaluation.claim_hash = None  # the lost worker's claim id stops working; a re-claim issues a new one
         if evaluation.attempts >= settings.max_attempts:
             evaluation.status = Status.failed.value
             evaluation.error = (f"worker {evaluation.worker} stopped reporting; gave up after "

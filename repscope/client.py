@@ -186,8 +186,12 @@ class Client:
                     progress: Callable[[int], None] | None = None, extra: dict[str, str] | None = None,
                     idempotency_key: str | None = None) -> UploadAccepted:
         """Stream a file as multipart/form-data; `progress(bytes_sent)` is called as the body goes out.
-        `extra`: more form fields (checkpoints: arch, pool, output, views; workers: parent, cache_key).
-        With an `idempotency_key` a failed attempt is retried and never stored or evaluated twice."""
+        `extra`: more form fields. Checkpoints: arch, pool, output, views. Workers uploading the embeddings an
+        embed step produced: `evaluation` (the embed evaluation's id) and `claim` (its claim id), with a worker
+        token; the server then sets step, dataset, suites, parent checkpoint and embedding-cache key itself
+        (`parent` and `cache_key` fields are refused with a 422).
+        With an `idempotency_key` a failed attempt is retried and never stored or evaluated twice; reusing a key
+        with another file or other fields, or from another token, is a 409."""
         path = Path(path)
         data = self._form(kind, step, dataset, suites, extra)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -226,18 +230,21 @@ class Client:
     def claim(self, evaluation_id: int, worker: str, *, device: str | None = None,
               queue: str | None = None) -> ClaimResponse | None:
         """Take an evaluation, saying where this worker runs it (device) and which queue delivered it;
-        None when another delivery already has it (409)."""
+        None when another delivery already has it (409). The answer's `claim` id goes with every report,
+        result and derived upload of this lease."""
         body = ClaimRequest(worker=worker, device=device, queue=queue).model_dump(exclude_none=True)
         response = self.http.post(f"/evaluations/{evaluation_id}/claim", json=body)
         if response.status_code == 409:
             return None
         return ClaimResponse.model_validate(_check(response).json())
 
-    def report(self, evaluation_id: int, **fields: Any) -> None:
-        body = EvaluationPatch(**fields).model_dump(exclude_none=True, mode="json")
+    def report(self, evaluation_id: int, *, claim: str, **fields: Any) -> None:
+        """PATCH progress / message / status=failed under the lease's claim id (409 once the lease is lost)."""
+        body = EvaluationPatch(claim=claim, **fields).model_dump(exclude_none=True, mode="json")
         _check(self.http.patch(f"/evaluations/{evaluation_id}", json=body))
 
     def post_result(self, evaluation_id: int, result: EvaluationResultIn) -> EvaluationRead:
+        """POST the result; `result.claim` must be the lease's claim id."""
         response = self.http.post(f"/evaluations/{evaluation_id}/result", json=result.model_dump(mode="json"))
         return EvaluationRead.model_validate(_check(response).json())
 
@@ -447,9 +454,11 @@ class Run:
             finished += self.client.wait(derived, timeout=max(1.0, deadline - time.monotonic()))
         return finished
 
-    def metrics(self, key: str, dataset: str | None = None) -> list[tuple[int, float]]:
-        """The metric over step: [(step, value), ...]; only `dataset`'s points when given."""
-        params = {"key": key, **({"dataset": dataset} if dataset else {})}
+    def metrics(self, key: str, dataset: str | None = None, source: str | None = None) -> list[tuple[int, float]]:
+        """The metric over step: [(step, value), ...]; only `dataset`'s points when given. `source`: "computed"
+        (repscope's evaluations) or "logged" (this job's log_metrics); default: computed for a metric repscope
+        computes, else logged."""
+        params = {"key": key, **({"dataset": dataset} if dataset else {}), **({"source": source} if source else {})}
         series = MetricSeries.model_validate(_check(self.client.http.get(f"/runs/{self.id}/metrics",
                                                                          params=params)).json())
         return [(p.step, p.value) for p in series.points]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -41,11 +42,57 @@ class Page(BaseModel, Generic[T]):
     offset: int
 
 
+# Free-form JSON a client stores (a run's config): nesting and size limits, so every reader can serialize it.
+MAX_CONFIG_DEPTH = 32
+MAX_CONFIG_BYTES = 256 * 1024
+MAX_TAG_LENGTH = 100
+
+
+def json_depth(value: Any, limit: int) -> int:
+    """Nesting depth of the dicts and lists in `value` (a scalar is 0), counted level by level without
+    recursion; counting stops at limit + 1."""
+    depth, level = 0, [value]
+    while depth <= limit:
+        level = [v for v in level if isinstance(v, dict | list)]
+        if not level:
+            break
+        depth += 1
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def check_free_json(value: Any, what: str, max_depth: int, max_bytes: int) -> Any:
+    """`value` if it nests at most `max_depth` levels and its JSON is valid Unicode of at most `max_bytes`
+    (NaN and Infinity are not JSON: PostgreSQL refuses them); else ValueError naming the limit."""
+    depth = json_depth(value, max_depth)
+    if depth > max_depth:
+        raise ValueError(f"{what} nests more than {max_depth} levels deep; at most {max_depth} are accepted")
+    try:
+        size = len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8"))
+    except ValueError as exc:  # NaN / Infinity, or a lone surrogate (UnicodeEncodeError)
+        problem = "a string that is not valid Unicode" if isinstance(exc, UnicodeError) else "NaN or Infinity"
+        raise ValueError(f"{what} holds {problem}, which JSON cannot store") from None
+    if size > max_bytes:
+        raise ValueError(f"{what} is {size} bytes as JSON; at most {max_bytes} are accepted")
+    return value
+
+
+# No "/" and no leading whitespace. \x85 (NEL) is spelled out: the server's regex engine counts it as \s, the
+# ECMA-262 regexes of JSON Schema tools do not, and the documented rule must be the one enforced.
+RUN_NAME = r"^[^/\s\x85][^/]*$"
+
+
 class RunCreate(BaseModel):
-    project: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^/\s][^/]*$")
-    config: dict[str, Any] = Field(default_factory=dict)
-    tags: list[str] = Field(default_factory=list, max_length=50)
+    project: str = Field(min_length=1, max_length=200, pattern=RUN_NAME)
+    name: str = Field(min_length=1, max_length=200, pattern=RUN_NAME)
+    config: dict[str, Any] = Field(default_factory=dict, description=f"free-form JSON object: at most "
+                                   f"{MAX_CONFIG_DEPTH} levels deep and {MAX_CONFIG_BYTES} bytes")
+    tags: list[Annotated[str, Field(max_length=MAX_TAG_LENGTH)]] = Field(default_factory=list, max_length=50)
+
+    @field_validator("config")
+    @classmethod
+    def _bounded_config(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_free_json(value, "config", MAX_CONFIG_DEPTH, MAX_CONFIG_BYTES)
 
 
 class ProjectRead(_Read):
@@ -137,36 +184,64 @@ class ClaimRequest(BaseModel):
     queue: str | None = Field(default=None, max_length=200, description="the queue the task was delivered from")
 
 
-class ClaimResponse(BaseModel):
-    """What a worker needs to run an evaluation: the evaluation, its artifact, where to read the file."""
+def _claim_id() -> Any:
+    return Field(default=None, max_length=100,
+                 description="the claim id the claim returned: required (a missing or stale one is a 409)")
 
+
+class ClaimResponse(BaseModel):
+    """What a worker needs to run an evaluation: the evaluation, its artifact, where to read the file, and the
+    claim id that every PATCH, result and derived-embeddings upload of this lease must present."""
+
+    claim: str = Field(description="random id of this lease; a re-claim after the lease expired issues a new one")
     evaluation: EvaluationRead
     artifact: ArtifactRead
     local_path: str | None = None  # set when the worker shares the API's data dir
     download_url: str
 
 
+def json_numbers(value: Any) -> Any:
+    """Numbers in a request body are JSON numbers: pydantic's lax mode would read `false` as 0 and "1" as 1
+    (a field validator, so the JSON Schema keeps its bounds and Python callers may pass numpy scalars)."""
+    values = value.values() if isinstance(value, dict) else [value]
+    if any(isinstance(v, bool | str) for v in values):
+        raise ValueError("must be a JSON number, not a boolean or a string")
+    return value
+
+
 class EvaluationPatch(BaseModel):
-    worker: str | None = Field(default=None, max_length=200)  # when given, must be the claiming worker
+    claim: str | None = _claim_id()
+    worker: str | None = Field(default=None, max_length=200)  # informational; the claim id decides
     progress: float | None = Field(default=None, ge=0.0, le=1.0)
+    _numbers = field_validator("progress", mode="before")(json_numbers)
     message: str | None = Field(default=None, max_length=2000)
     status: Status | None = None
     error: str | None = Field(default=None, max_length=20000)
 
 
 class EvaluationResultIn(BaseModel):
-    worker: str | None = Field(default=None, max_length=200)  # when given, must be the claiming worker
+    claim: str | None = _claim_id()
+    worker: str | None = Field(default=None, max_length=200)  # informational; the claim id decides
     metrics: dict[str, float]
+    _numbers = field_validator("metrics", mode="before")(json_numbers)
     figures: dict[str, Any] = Field(default_factory=dict)
     variant: dict[str, Any] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
 
 
+LOGGED_METRIC_NAME = r"^[A-Za-z0-9_./@:-]{1,200}$"  # backend.services.metrics.LOGGED_KEY
+# Training steps stop at JavaScript's largest exact integer: past it most JSON tools read integers as floats
+# (2**53 + 1 as 2**53), so a bound there would be checked differently by each of them.
+MAX_STEP = 2**53 - 1
+
+
 class MetricsLog(BaseModel):
     """Scalars a training job logs itself (loss, lr, its own probe...), charted beside repscope's metrics."""
 
-    step: int = Field(ge=0, le=2**62)  # as an upload's step: a SQL BIGINT holds it on every database
-    metrics: dict[str, float] = Field(min_length=1, max_length=200)
+    step: int = Field(ge=0, le=MAX_STEP)  # as an upload's step
+    metrics: dict[Annotated[str, Field(pattern=LOGGED_METRIC_NAME)], float] = Field(
+        min_length=1, max_length=200, json_schema_extra={"additionalProperties": False})  # other names: 422
+    _numbers = field_validator("step", "metrics", mode="before")(json_numbers)
 
 
 class MetricPoint(BaseModel):
@@ -180,6 +255,8 @@ class MetricSeries(BaseModel):
     run_id: int
     key: str
     points: list[MetricPoint]
+    # which namespace the points are from: "computed" (by evaluations) or "logged" (by the training job)
+    source: str | None = None
 
 
 class Health(BaseModel):
@@ -190,9 +267,14 @@ class Health(BaseModel):
     version: str
 
 
+TOKEN_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,99}$"  # backend.services.tokens.TOKEN_NAME
+Scope = Literal["read", "write", "worker", "admin"]  # backend.services.tokens.SCOPES
+
+
 class TokenCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100, description="unique name, e.g. 'alice' or 'cluster-gpu0'")
-    scopes: list[str] = Field(min_length=1, max_length=4, description="read, write, worker and/or admin")
+    name: str = Field(min_length=1, max_length=100, pattern=TOKEN_NAME,
+                      description="unique name, e.g. 'alice' or 'cluster-gpu0'")
+    scopes: list[Scope] = Field(min_length=1, max_length=4, description="read, write, worker and/or admin")
 
 
 class TokenRead(_Read):

@@ -47,10 +47,11 @@ class TimeLimitExceeded(RuntimeError):
     pass
 
 
-def throttled_progress(client: Client, evaluation_id: int, worker: str,
+def throttled_progress(client: Client, evaluation_id: int, worker: str, claim: str,
                        time_limit_s: float | None = None) -> ProgressFn:
-    """Progress sink for suites: forwards at most one PATCH a second (also the lease heartbeat), and enforces
-    the time limit cooperatively — Celery's time limits need the prefork pool, and workers run solo."""
+    """Progress sink for suites: forwards at most one PATCH a second (also the lease heartbeat) under the
+    lease's claim id, and enforces the time limit cooperatively — Celery's time limits need the prefork pool,
+    and workers run solo."""
     last = [0.0]
     deadline = time.monotonic() + time_limit_s if time_limit_s else None
 
@@ -61,7 +62,7 @@ def throttled_progress(client: Client, evaluation_id: int, worker: str,
                                     "(REPSCOPE_TASK_TIME_LIMIT_S)")
         if now - last[0] >= PROGRESS_EVERY_S:
             last[0] = now
-            client.report(evaluation_id, worker=worker, progress=min(max(fraction, 0.0), 1.0),
+            client.report(evaluation_id, claim=claim, worker=worker, progress=min(max(fraction, 0.0), 1.0),
                           message=message[:2000])
 
     return report
@@ -71,15 +72,15 @@ class Heartbeat:
     """Renews the evaluation's lease every `every_s` seconds from a side thread, however long the suite's
     current step takes; a dead worker stops renewing and the API's sweeper hands the evaluation on."""
 
-    def __init__(self, client: Client, evaluation_id: int, worker: str, every_s: float) -> None:
+    def __init__(self, client: Client, evaluation_id: int, worker: str, every_s: float, claim: str) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(client, evaluation_id, worker, every_s),
+        self._thread = threading.Thread(target=self._beat, args=(client, evaluation_id, worker, every_s, claim),
                                         name=f"heartbeat-{evaluation_id}", daemon=True)
 
-    def _beat(self, client: Client, evaluation_id: int, worker: str, every_s: float) -> None:
+    def _beat(self, client: Client, evaluation_id: int, worker: str, every_s: float, claim: str) -> None:
         while not self._stop.wait(every_s):
             try:
-                client.report(evaluation_id, worker=worker)
+                client.report(evaluation_id, claim=claim, worker=worker)
             except Exception as exc:  # noqa: BLE001 - a missed beat is not fatal; a lost lease shows at the end
                 log.warning("heartbeat for evaluation %s failed: %s", evaluation_id, exc)
 
@@ -132,7 +133,7 @@ def run_evaluation(evaluation_id: int, client: Client, worker_name: str, setting
     if claim is None:
         log.info("evaluation %s already claimed elsewhere; skipping", evaluation_id)
         return "skipped"
-    with Heartbeat(client, evaluation_id, worker_name, settings.heartbeat_s):
+    with Heartbeat(client, evaluation_id, worker_name, settings.heartbeat_s, claim.claim):
         return _run_claimed(claim, evaluation_id, client, worker_name, settings, device)
 
 
@@ -144,11 +145,11 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
         on_encoder = claim.artifact.kind == "checkpoint" and suite in CHECKPOINT_SUITES
         if runner is None and suite != EMBED_STEP and not on_encoder:
             raise ValueError(f"this worker cannot run suite {suite!r}; it has {sorted(SUITES)}")
-        client.report(evaluation_id, worker=worker_name, progress=0.0,
+        client.report(evaluation_id, claim=claim.claim, worker=worker_name, progress=0.0,
                       message=f"loading {claim.artifact.format} artifact")
         path = artifact_path(claim, client, settings)
         started = time.perf_counter()
-        progress = throttled_progress(client, evaluation_id, worker_name, settings.task_time_limit_s)
+        progress = throttled_progress(client, evaluation_id, worker_name, claim.claim, settings.task_time_limit_s)
         if suite == EMBED_STEP:
             result = run_embed(claim, path, client, settings, device, progress)
         elif on_encoder:
@@ -163,7 +164,8 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
         result.variant.setdefault("device", device)
         result.variant["worker"] = worker_name
         result.variant["seconds"] = round(time.perf_counter() - started, 4)
-        client.post_result(evaluation_id, EvaluationResultIn(worker=worker_name, **result.to_json()))
+        client.post_result(evaluation_id, EvaluationResultIn(claim=claim.claim, worker=worker_name,
+                                                             **result.to_json()))
         return "succeeded"
     except Exception as exc:  # noqa: BLE001 - every failure becomes a readable `failed` evaluation
         log.exception("evaluation %s failed", evaluation_id)
@@ -174,7 +176,7 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
                         f"has (run it on a larger worker, or upload fewer rows / dimensions). {headline}")
         tail = "".join(traceback.format_exception(exc)[-3:])
         try:
-            client.report(evaluation_id, worker=worker_name, status="failed",
+            client.report(evaluation_id, claim=claim.claim, worker=worker_name, status="failed",
                           error=f"{headline}\n\n{tail}"[:20000])
         except RepscopeError as refused:  # reassigned after our lease expired: the new holder reports
             log.warning("could not mark evaluation %s failed: %s", evaluation_id, refused)

@@ -36,14 +36,17 @@ def get_evaluation(evaluation_id: SqlInt, session: SessionDep) -> EvaluationRead
     return service.evaluation_read(service.get_evaluation(session, evaluation_id))
 
 
-@router.post("/evaluations/{evaluation_id}/claim", dependencies=[CanWork], response_model=ClaimResponse)
+@router.post("/evaluations/{evaluation_id}/claim", dependencies=[CanWork], response_model=ClaimResponse,
+             responses={409: {"description": "Not claimable: another delivery holds it, or it has finished"}})
 def claim_evaluation(evaluation_id: SqlInt, body: ClaimRequest, request: Request, session: SessionDep,
                      store: StoreDep, settings: SettingsDep) -> ClaimResponse:
-    """Worker only: take the evaluation (409 when another delivery already has it)."""
-    evaluation = service.claim(session, evaluation_id, body.worker, settings.lease_s, device=body.device,
-                               queue=body.queue)
+    """Worker only: take the evaluation (409 when another delivery already has it). The answer's `claim` id must
+    accompany every PATCH, result and derived-embeddings upload of this lease."""
+    evaluation, claim_id = service.claim(session, evaluation_id, body.worker, settings.lease_s,
+                                         device=body.device, queue=body.queue)
     artifact = evaluation.artifact
     return ClaimResponse(
+        claim=claim_id,
         evaluation=service.evaluation_read(evaluation, with_result=False),
         artifact=artifact_read(artifact),
         local_path=str(store.path(artifact.storage_key)),
@@ -51,13 +54,17 @@ def claim_evaluation(evaluation_id: SqlInt, body: ClaimRequest, request: Request
     )
 
 
-@router.patch("/evaluations/{evaluation_id}", dependencies=[CanWork], response_model=EvaluationRead)
+@router.patch("/evaluations/{evaluation_id}", dependencies=[CanWork], response_model=EvaluationRead,
+              responses={409: {"description": "Not running, held under another claim, or a status other than "
+                                              "failed"}})
 def patch_evaluation(evaluation_id: SqlInt, body: EvaluationPatch, session: SessionDep) -> EvaluationRead:
-    """Worker only: progress, message, or status=failed with an error."""
+    """Worker only, with the lease's claim id: progress, message, or status=failed with an error."""
     return service.evaluation_read(service.patch(session, evaluation_id, body), with_result=False)
 
 
-@router.post("/evaluations/{evaluation_id}/result", dependencies=[CanWork], response_model=EvaluationRead)
+@router.post("/evaluations/{evaluation_id}/result", dependencies=[CanWork], response_model=EvaluationRead,
+             responses={409: {"description": "Not running, or held under another claim"}})
 def post_result(evaluation_id: SqlInt, body: EvaluationResultIn, session: SessionDep) -> EvaluationRead:
-    """Worker only: metrics, figure data, variant and warnings; marks the evaluation succeeded."""
+    """Worker only, with the lease's claim id: metrics, figure data, variant and warnings; marks the evaluation
+    succeeded."""
     return service.evaluation_read(service.store_result(session, evaluation_id, body))

@@ -19,7 +19,8 @@ def list_tokens(session: SessionDep) -> list[TokenRead]:
     return [TokenRead.model_validate(t) for t in service.list_tokens(session)]
 
 
-@router.post("/tokens", response_model=TokenCreated, status_code=201, dependencies=[CanAdmin])
+@router.post("/tokens", response_model=TokenCreated, status_code=201, dependencies=[CanAdmin],
+             responses={409: {"description": "A token with that name exists"}})
 def create_token(body: TokenCreate, session: SessionDep) -> TokenCreated:
     """A new token; the response holds its secret, the only time it is shown."""
     try:
@@ -36,7 +37,8 @@ def revoke_token(token_id: SqlInt, session: SessionDep) -> Response:
     return Response(status_code=204)
 
 
-@router.get("/whoami", response_model=WhoAmI)
+@router.get("/whoami", response_model=WhoAmI, responses={401: {"description": "A malformed, unknown or revoked "
+                                                                                "token (none at all is anonymous)"}})
 def whoami(request: Request, session: SessionDep) -> WhoAmI:
     """Who the credentials sent with this request belong to, and their scopes (anonymous without any)."""
     p = authenticate(request, session)

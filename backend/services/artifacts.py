@@ -3,19 +3,29 @@
 Order of operations (DESIGN.md, data flow 1): the body is already on disk in the store's temp area and
 hashed; here it is validated, renamed into the content-addressed store, and the Artifact row plus one
 Evaluation row per suite are committed together. Any failure removes what this request created.
+
+Identical uploads (same run, kind, step, bytes, dataset, checkpoint params and parent) share one dedupe key,
+unique per run in the database: of two concurrent ones, the loser's insert fails and it answers with the
+winner's artifact. An Idempotency-Key binds to the token and the request that first used it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, aliased
 
-from backend.models import Artifact, Evaluation, Run
-from backend.services import NotFound
+from backend.models import Artifact, Dataset, Evaluation, Run
+from backend.services import Conflict, NotFound
+from backend.services.evaluations import check_claim, get_evaluation
 from backend.storage import ArtifactStore, Received
-from repscope.formats import FormatError, inspect_embeddings
+from repscope.formats import FormatError, ZipLimits, inspect_embeddings
 from repscope.schemas import ArtifactRead, EvaluationBrief, Status
 from repscope.suites import EMBED_STEP, check_suites, default_suites, split_checkpoint_suites
 
@@ -37,15 +47,88 @@ class Registered:
     deduplicated: bool
 
 
+@dataclass(frozen=True)
+class Idempotency:
+    """An upload's Idempotency-Key, the token that sent it and the request's fingerprint: a replay of the key
+    must match both to get the first answer."""
+
+    key: str
+    token_id: int | None
+    fingerprint: str
+
+
+def request_fingerprint(sha256: str, filename: str | None, fields: dict[str, str]) -> str:
+    """sha256 of what makes two upload requests the same: file bytes, file name and form fields."""
+    blob = json.dumps({"sha256": sha256, "filename": filename,
+                       "fields": sorted((k, v) for k, v in fields.items() if k != "csrf_token")})
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def dedupe_key(kind: str, step: int, sha256: str, dataset: str | None, params: dict | None = None,
+               parent_id: int | None = None) -> str:
+    """Identity of an upload within its run; the unique (run, dedupe key) constraint stores it once."""
+    blob = json.dumps({"kind": kind, "step": step, "sha256": sha256, "dataset": dataset, "params": params or {},
+                       "parent": parent_id}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _idempotency_columns(idempotency: Idempotency | None) -> dict[str, Any]:
+    if idempotency is None:
+        return {}
+    return {"idempotency_key": idempotency.key, "idempotency_token_id": idempotency.token_id,
+            "idempotency_fingerprint": idempotency.fingerprint}
+
+
+def check_key_owner(artifact: Artifact, key: str, token_id: int | None) -> None:
+    """Another token's Idempotency-Key is a Conflict (checked before the body is read)."""
+    if token_id is None or artifact.idempotency_token_id != token_id:
+        raise Conflict(f"Idempotency-Key {key!r} was already used on run {artifact.run_id} by another token; "
+                       "choose a new key")
+
+
+def check_replay(artifact: Artifact, idempotency: Idempotency) -> None:
+    """A replay must come from the same token with the same request; anything else is a Conflict."""
+    check_key_owner(artifact, idempotency.key, idempotency.token_id)
+    if not artifact.idempotency_fingerprint or not hmac.compare_digest(artifact.idempotency_fingerprint,
+                                                                        idempotency.fingerprint):
+        raise Conflict(f"Idempotency-Key {idempotency.key!r} was already used with a different request (the file's "
+                       "sha256, its name or the form fields differ); use a new key for a new upload")
+
+
+def _by_dedupe_key(session: Session, run_id: int, key: str) -> Artifact | None:
+    return session.scalar(select(Artifact).where(Artifact.run_id == run_id, Artifact.dedupe_key == key))
+
+
+def _reuse(store: ArtifactStore, existing: Artifact, received: Received, ext: str) -> Registered:
+    """Answer with an identical earlier upload; its stored file is restored from this one if it went missing."""
+    if store.exists(existing.storage_key):
+        received.path.unlink(missing_ok=True)
+    else:
+        store.commit(received, ext)
+    return Registered(existing, list(existing.evaluations), deduplicated=True)
+
+
+def _winner(session: Session, run_id: int, dedupe: str, idempotency: Idempotency | None) -> Registered | None:
+    """After a unique-constraint failure: the concurrent request that won (same key, or the same upload)."""
+    if idempotency is not None:
+        earlier = find_by_idempotency_key(session, run_id, idempotency.key)
+        if earlier is not None:
+            check_replay(earlier.artifact, idempotency)
+            return earlier
+    winner = _by_dedupe_key(session, run_id, dedupe)
+    return None if winner is None else Registered(winner, list(winner.evaluations), deduplicated=True)
+
+
 def register_embeddings(session: Session, store: ArtifactStore, run: Run, received: Received, *,
                         filename: str | None, step: int, dataset: str | None, suites: list[str] | None,
-                        max_elements: int, parent: Artifact | None = None,
-                        cache_key: str | None = None, idempotency_key: str | None = None) -> Registered:
+                        max_elements: int, parent: Artifact | None = None, cache_key: str | None = None,
+                        idempotency: Idempotency | None = None, zip_limits: ZipLimits | None = None) -> Registered:
     """Validate and commit an embeddings upload. The temp file is always consumed (moved or removed).
 
-    `suites` None means every suite the content allows (probes only when the file has labels)."""
+    `suites` None means every suite the content allows (probes only when the file has labels). `parent` and
+    `cache_key` come from the server (derived_target), never from the client."""
     try:
-        info = inspect_embeddings(received.path, filename, max_elements=max_elements)
+        info = inspect_embeddings(received.path, filename, max_elements=max_elements, zip_limits=zip_limits)
         if suites is None:
             suites = default_suites(info.has_labels, info.has_poison)
         check_suites(suites, info.has_labels)
@@ -53,24 +136,28 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
         received.path.unlink(missing_ok=True)
         raise UploadRejected(str(exc)) from exc
 
-    existing = session.scalar(select(Artifact).where(
-        Artifact.run_id == run.id, Artifact.step == step, Artifact.kind == "embeddings",
-        Artifact.sha256 == received.sha256))
-    if existing is not None and store.exists(existing.storage_key):
-        received.path.unlink(missing_ok=True)
-        return Registered(existing, list(existing.evaluations), deduplicated=True)
+    dedupe = dedupe_key("embeddings", step, received.sha256, dataset, parent_id=parent.id if parent else None)
+    existing = _by_dedupe_key(session, run.id, dedupe)
+    if existing is not None:
+        return _reuse(store, existing, received, info.format)
 
     key, created = store.commit(received, info.format)
     try:
         artifact = Artifact(run_id=run.id, step=step, kind="embeddings", format=info.format,
                             sha256=received.sha256, bytes=received.size, storage_key=key,
                             meta={**info.to_meta(), "filename": filename}, dataset=dataset, parent=parent,
-                            cache_key=cache_key, idempotency_key=idempotency_key)
+                            cache_key=cache_key, dedupe_key=dedupe, **_idempotency_columns(idempotency))
         evaluations = [Evaluation(artifact=artifact, suite=suite, params={}, status=Status.queued.value)
                        for suite in suites]
         session.add(artifact)
         session.add_all(evaluations)
         session.commit()
+    except IntegrityError:
+        _undo(session, store, key, created)
+        winner = _winner(session, run.id, dedupe, idempotency)
+        if winner is None:
+            raise
+        return winner
     except BaseException:
         _undo(session, store, key, created)
         raise
@@ -85,6 +172,36 @@ def find_by_idempotency_key(session: Session, run_id: int, key: str | None) -> R
     if artifact is None:
         return None
     return Registered(artifact, list(artifact.evaluations), deduplicated=True)
+
+
+# --- derived embeddings: only an embed step's claim holder attaches them ------------------------------------
+
+
+@dataclass
+class DerivedTarget:
+    """What the server sets on a derived-embeddings upload, from the embed evaluation it names."""
+
+    parent: Artifact
+    step: int
+    dataset: str
+    suites: list[str]
+    cache_key: str | None
+
+
+def derived_target(session: Session, run: Run, evaluation_id: int, claim_id: str) -> DerivedTarget:
+    """The checkpoint, step, dataset, suites and cache key of the embed evaluation `evaluation_id`, provided the
+    caller holds its current claim (Conflict otherwise): a client never chooses them."""
+    evaluation = get_evaluation(session, evaluation_id)
+    if evaluation.suite != EMBED_STEP:
+        raise UploadRejected(f"evaluation {evaluation_id} is a {evaluation.suite!r} evaluation, not an embed step: "
+                             "only an embed step's embeddings can be attached to a checkpoint")
+    check_claim(evaluation, claim_id)
+    checkpoint = evaluation.artifact
+    if checkpoint.run_id != run.id:
+        raise UploadRejected(f"evaluation {evaluation_id} belongs to run {checkpoint.run_id}, not run {run.id}")
+    params = evaluation.params or {}
+    return DerivedTarget(checkpoint, checkpoint.step, params["dataset"], list(params.get("suites") or []),
+                         params.get("cache_key"))
 
 
 def _undo(session: Session, store: ArtifactStore, key: str, created: bool) -> None:
@@ -123,21 +240,36 @@ def list_run_artifacts(session: Session, run_id: int) -> list[Artifact]:
 EMBED_VERSION = "v1"  # bump when the worker's preprocessing changes: old cached embeddings stop matching
 
 
-def embedding_cache_key(checkpoint_sha: str, dataset_identity: str, params: dict) -> str:
-    """sha256 of (checkpoint bytes, dataset identity, preprocessing): the same checkpoint on the same dataset
-    with the same preprocessing is embedded once."""
-    import hashlib
-    import json
+def dataset_content_hash(dataset: Dataset) -> str | None:
+    """What pins a dataset's images: an upload's sha256, a built-in's generator version. A server folder has
+    none (its files can change under the same path), so its embeddings are never cached."""
+    if dataset.kind == "path" or not dataset.sha256 or dataset.sha256.startswith("path:"):
+        return None
+    return dataset.sha256
 
+
+def embedding_cache_key(checkpoint_sha: str, dataset_hash: str, params: dict) -> str:
+    """sha256 of (checkpoint bytes, dataset content, preprocessing): the same checkpoint on the same dataset
+    with the same preprocessing is embedded once."""
     preprocessing = {k: params.get(k) for k in ("arch", "pool", "output", "views", "image_size")}
-    blob = json.dumps({"checkpoint": checkpoint_sha, "dataset": dataset_identity, "preprocessing": preprocessing,
+    blob = json.dumps({"checkpoint": checkpoint_sha, "dataset": dataset_hash, "preprocessing": preprocessing,
                        "version": EMBED_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def find_cached_embeddings(session: Session, store: ArtifactStore, cache_key: str,
+                           checkpoint_sha: str) -> Artifact | None:
+    """Derived embeddings stored under `cache_key` whose parent checkpoint has exactly these bytes."""
+    checkpoint = aliased(Artifact)
+    rows = session.scalars(select(Artifact).join(checkpoint, Artifact.parent_id == checkpoint.id).where(
+        Artifact.cache_key == cache_key, Artifact.kind == "embeddings", checkpoint.kind == "checkpoint",
+        checkpoint.sha256 == checkpoint_sha).order_by(Artifact.id).limit(5))
+    return next((a for a in rows if store.exists(a.storage_key)), None)
+
+
 def register_checkpoint(session: Session, store: ArtifactStore, run: Run, received: Received, *,
-                        filename: str | None, step: int, dataset, params: dict,  # noqa: ANN001
-                        suites: list[str] | None, idempotency_key: str | None = None) -> Registered:
+                        filename: str | None, step: int, dataset: Dataset, params: dict,
+                        suites: list[str] | None, idempotency: Idempotency | None = None) -> Registered:
     """Validate a checkpoint, store it, and queue its embedding on `dataset` (or reuse cached embeddings)."""
     from repscope.checkpoints import CheckpointError, inspect_checkpoint
 
@@ -154,21 +286,21 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
     except BaseException:
         received.path.unlink(missing_ok=True)
         raise
+    dedupe = dedupe_key("checkpoint", step, received.sha256, dataset.name, params=params)
     params = {**params, "dataset": dataset.name, "suites": on_embeddings}
-    cache_key = embedding_cache_key(received.sha256, dataset.sha256 or dataset.name, params)
-    existing = session.scalar(select(Artifact).where(
-        Artifact.run_id == run.id, Artifact.step == step, Artifact.kind == "checkpoint",
-        Artifact.sha256 == received.sha256, Artifact.dataset == dataset.name))
-    if existing is not None and store.exists(existing.storage_key):
-        received.path.unlink(missing_ok=True)
-        return Registered(existing, list(existing.evaluations), deduplicated=True)
+    dataset_hash = dataset_content_hash(dataset)
+    cache_key = embedding_cache_key(received.sha256, dataset_hash, params) if dataset_hash else None
+    ext = {"export": "pt2", "safetensors": "safetensors"}.get(info.format, "pt")
+    existing = _by_dedupe_key(session, run.id, dedupe)
+    if existing is not None:
+        return _reuse(store, existing, received, ext)
 
-    key, created = store.commit(received, {"export": "pt2", "safetensors": "safetensors"}.get(info.format, "pt"))
+    key, created = store.commit(received, ext)
     try:
         artifact = Artifact(run_id=run.id, step=step, kind="checkpoint", format=info.format,
                             sha256=received.sha256, bytes=received.size, storage_key=key, dataset=dataset.name,
                             meta={**info.to_meta(), "filename": filename, "arch": params.get("arch")},
-                            idempotency_key=idempotency_key)
+                            dedupe_key=dedupe, **_idempotency_columns(idempotency))
         encoder_params = {k: v for k, v in params.items() if k != "suites"}
         evaluations = [Evaluation(artifact=artifact, suite=s, params=encoder_params, status=Status.queued.value)
                        for s in on_encoder]
@@ -180,11 +312,14 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
                                status=Status.queued.value)
             session.add(embed)
             evaluations.insert(0, embed)
-        cached = session.scalar(select(Artifact).where(Artifact.cache_key == cache_key).limit(1))
-        if embed is not None and cached is not None and store.exists(cached.storage_key):
+        cached = find_cached_embeddings(session, store, cache_key, received.sha256) if embed and cache_key else None
+        if embed is not None and cached is not None:
+            session.flush()  # the checkpoint's id is part of the derived artifact's dedupe key
             derived = Artifact(run_id=run.id, step=step, kind="embeddings", format=cached.format,
                                sha256=cached.sha256, bytes=cached.bytes, storage_key=cached.storage_key,
-                               meta=cached.meta, dataset=dataset.name, parent=artifact, cache_key=cache_key)
+                               meta=cached.meta, dataset=dataset.name, parent=artifact, cache_key=cache_key,
+                               dedupe_key=dedupe_key("embeddings", step, cached.sha256, dataset.name,
+                                                     parent_id=artifact.id))
             session.add(derived)
             suite_evaluations = [Evaluation(artifact=derived, suite=s, params={}, status=Status.queued.value)
                                  for s in on_embeddings]
@@ -196,6 +331,12 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
             embed.result = {"figures": {}, "variant": {"cached_from_artifact": cached.id}, "warnings": [],
                             "undefined_metrics": []}
         session.commit()
+    except IntegrityError:
+        _undo(session, store, key, created)
+        winner = _winner(session, run.id, dedupe, idempotency)
+        if winner is None:
+            raise
+        return winner
     except BaseException:
         _undo(session, store, key, created)
         raise

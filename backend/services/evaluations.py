@@ -1,13 +1,18 @@
 """Evaluation life cycle: queued -> running (claimed by one worker) -> succeeded | failed.
 
 Claims are a single conditional UPDATE, so two deliveries of the same task (broker redelivery, sweeper
-re-send) cannot both run it. Results replace the evaluation's Metric rows in one transaction, so a retried
-POST never duplicates them.
+re-send) cannot both run it. Each claim issues a random claim id (only its sha256 is stored): every PATCH,
+result and derived-embeddings upload must present it, so a worker whose lease expired, or any other worker
+token, cannot write to an evaluation it does not hold. Results replace the evaluation's Metric rows in one
+transaction, so a retried POST never duplicates them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
+import secrets
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, delete, func, or_, select, update
@@ -58,19 +63,25 @@ def list_evaluations(session: Session, *, run_id: int | None = None, suite: str 
     return list(items), total
 
 
+def claim_hash(claim_id: str) -> str:
+    return hashlib.sha256(claim_id.encode("utf-8")).hexdigest()
+
+
 def claim(session: Session, evaluation_id: int, worker: str, lease_s: float, *, device: str | None = None,
-          queue: str | None = None) -> Evaluation:
-    """Atomically move a queued (or lease-expired running) evaluation to running for this worker, and record the
-    worker with the device and queue it reported."""
+          queue: str | None = None) -> tuple[Evaluation, str]:
+    """Atomically move a queued (or lease-expired running) evaluation to running for this worker under a new
+    claim id, and record the worker with the device and queue it reported. Returns the evaluation and the id."""
     t = now()
     stale = t - timedelta(seconds=lease_s)
+    claim_id = secrets.token_urlsafe(24)
     result = session.execute(
         update(Evaluation)
         .where(Evaluation.id == evaluation_id,
                or_(Evaluation.status == Status.queued.value,
                    and_(Evaluation.status == Status.running.value, Evaluation.heartbeat_at < stale)))
         .values(status=Status.running.value, worker=worker, attempts=Evaluation.attempts + 1,
-                started_at=t, heartbeat_at=t, progress=0.0, message="claimed", error=None, device=device)
+                started_at=t, heartbeat_at=t, progress=0.0, message="claimed", error=None, device=device,
+                claim_hash=claim_hash(claim_id))
     )
     session.commit()
     evaluation = get_evaluation(session, evaluation_id)
@@ -78,20 +89,27 @@ def claim(session: Session, evaluation_id: int, worker: str, lease_s: float, *, 
         raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}, not claimable")
     worker_registry.record_claim(session, worker, device=device, queue=queue, at=t)
     session.refresh(evaluation)
-    return evaluation
+    return evaluation, claim_id
 
 
-def _check_owner(evaluation: Evaluation, worker: str | None) -> None:
-    """A worker whose lease expired (and whose evaluation went to another worker) must not write to it."""
-    if worker is not None and evaluation.worker != worker:
-        raise Conflict(f"evaluation {evaluation.id} is now held by {evaluation.worker}, not {worker}")
+def check_claim(evaluation: Evaluation, claim_id: str | None) -> None:
+    """Only the holder of the current lease writes: a missing claim id, or one from an expired lease (the
+    evaluation was claimed again since), is a Conflict."""
+    if evaluation.status != Status.running.value:
+        raise Conflict(f"evaluation {evaluation.id} is {evaluation.status}; only a running evaluation's claim "
+                       "holder may write to it")
+    if not claim_id:
+        raise Conflict(f"evaluation {evaluation.id}: no claim id sent; send the 'claim' the claim returned")
+    if not evaluation.claim_hash or not hmac.compare_digest(evaluation.claim_hash, claim_hash(claim_id)):
+        raise Conflict(f"evaluation {evaluation.id} is held under another claim (now by worker "
+                       f"{evaluation.worker}); this claim id is wrong or its lease expired")
 
 
 def patch(session: Session, evaluation_id: int, body: EvaluationPatch) -> Evaluation:
     evaluation = get_evaluation(session, evaluation_id)
     if evaluation.status != Status.running.value:
         raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}; only running evaluations take updates")
-    _check_owner(evaluation, body.worker)
+    check_claim(evaluation, body.claim)
     if body.progress is not None:
         evaluation.progress = body.progress
     if body.message is not None:
@@ -113,7 +131,7 @@ def store_result(session: Session, evaluation_id: int, body: EvaluationResultIn)
     evaluation = get_evaluation(session, evaluation_id)
     if evaluation.status != Status.running.value:
         raise Conflict(f"evaluation {evaluation_id} is {evaluation.status}; results are accepted only while running")
-    _check_owner(evaluation, body.worker)
+    check_claim(evaluation, body.claim)
     artifact = evaluation.artifact
     finite = {k: v for k, v in body.metrics.items() if math.isfinite(v)}
     undefined = sorted(set(body.metrics) - set(finite))

@@ -6,6 +6,9 @@ Scopes and what they grant (a scope implies the ones listed after it):
     write   create runs, upload artifacts and datasets, log metrics          (+ read)
     worker  claim evaluations, report progress and results, upload derived embeddings   (+ read)
     admin   create, list and revoke tokens                                    (+ read, write, worker)
+
+Browser sessions live here too: a signed-in browser holds a random session id (only its sha256 is stored), bound
+to its token; revoking the token, rotating its secret or logging out deletes the row, so the cookie is dead at once.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ import hashlib
 import re
 import secrets
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from backend.models import ApiToken, utcnow
+from backend.models import ApiToken, Artifact, BrowserSession, utcnow
 from backend.services import Conflict, NotFound
 
 SCOPES = ("read", "write", "worker", "admin")
@@ -97,6 +100,7 @@ def ensure_token(session: Session, name: str, secret: str, scopes: Iterable[str]
             session.add(token)
         else:
             token.sha256 = digest
+            end_sessions(session, token)  # a rotated secret signs out the browsers that used the old one
     token.scopes = scopes
     session.commit()
     return token
@@ -113,10 +117,6 @@ def get_token(session: Session, token_id: int) -> ApiToken:
     return token
 
 
-def get_token_or_none(session: Session, token_id: int) -> ApiToken | None:
-    return session.get(ApiToken, token_id)
-
-
 def find_by_name(session: Session, name: str) -> ApiToken:
     token = session.scalar(select(ApiToken).where(ApiToken.name == name))
     if token is None:
@@ -125,6 +125,10 @@ def find_by_name(session: Session, name: str) -> ApiToken:
 
 
 def revoke(session: Session, token: ApiToken) -> None:
+    """Delete the token and, explicitly (SQLite may not enforce FK cascades), its sessions and idempotency claims."""
+    end_sessions(session, token)
+    session.execute(update(Artifact).where(Artifact.idempotency_token_id == token.id)
+                    .values(idempotency_token_id=None))
     session.delete(token)
     session.commit()
 
@@ -149,3 +153,54 @@ def touch(session: Session, token: ApiToken) -> None:
     if last is None or now - last >= LAST_USED_RESOLUTION:
         token.last_used = now
         session.commit()
+
+
+# ---- browser sessions ---------------------------------------------------------------------------------------
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)  # SQLite hands times back without an offset
+
+
+def create_session(session: Session, token: ApiToken, max_age_s: float) -> tuple[str, BrowserSession]:
+    """A new session for `token`; returns its random id (the cookie's content, never stored) and the row.
+    Expired sessions of every token are removed on the way."""
+    now = utcnow()
+    session.execute(delete(BrowserSession).where(BrowserSession.expires_at <= now))
+    session_id = secrets.token_urlsafe(32)
+    row = BrowserSession(sha256=hash_secret(session_id), token_id=token.id, csrf_secret=secrets.token_hex(32),
+                         created_at=now, last_seen=now, expires_at=now + timedelta(seconds=max_age_s))
+    session.add(row)
+    session.commit()
+    return session_id, row
+
+
+def find_session(session: Session, session_id: str) -> tuple[BrowserSession, ApiToken] | None:
+    """The live session with this id and its token; an expired one is deleted and counts as none."""
+    if not session_id or len(session_id) > 200:
+        return None
+    row = session.scalar(select(BrowserSession).where(BrowserSession.sha256 == hash_secret(session_id)))
+    if row is None:
+        return None
+    now = utcnow()
+    if _aware(row.expires_at) <= now:
+        session.delete(row)
+        session.commit()
+        return None
+    token = session.get(ApiToken, row.token_id)
+    if token is None:  # the token went without its sessions (a cascade SQLite did not run)
+        session.delete(row)
+        session.commit()
+        return None
+    if now - _aware(row.last_seen) >= LAST_USED_RESOLUTION:
+        row.last_seen = now
+        session.commit()
+    return row, token
+
+
+def end_session(session: Session, session_id: str) -> None:
+    session.execute(delete(BrowserSession).where(BrowserSession.sha256 == hash_secret(session_id)))
+    session.commit()
+
+
+def end_sessions(session: Session, token: ApiToken) -> None:
+    """Every session of `token`; the caller commits."""
+    session.execute(delete(BrowserSession).where(BrowserSession.token_id == token.id))

@@ -181,25 +181,27 @@ def test_worker_life_cycle_and_metric_series(api, app, run_id):
         ids.append(body["evaluations"][0]["id"])
     first = api.post(f"/api/v1/evaluations/{ids[0]}/claim", json={"worker": "w1"})
     assert first.status_code == 200 and first.json()["local_path"].endswith(".npy")
+    lease = first.json()["claim"]
     assert api.post(f"/api/v1/evaluations/{ids[0]}/claim", json={"worker": "w2"}).status_code == 409
-    assert api.patch(f"/api/v1/evaluations/{ids[0]}", json={"progress": 0.5, "message": "gram"}).json()["progress"] == 0.5
-    result = {"metrics": {"rankme": 4.5, "nan_metric": float("nan")}, "figures": {"singular_values": [3, 2, 1]},
-              "variant": {"centered": False}}
+    patched = api.patch(f"/api/v1/evaluations/{ids[0]}", json={"claim": lease, "progress": 0.5, "message": "gram"})
+    assert patched.json()["progress"] == 0.5
+    result = {"claim": lease, "metrics": {"rankme": 4.5, "nan_metric": float("nan")},
+              "figures": {"singular_values": [3, 2, 1]}, "variant": {"centered": False}}
     done = api.post(f"/api/v1/evaluations/{ids[0]}/result", content=json.dumps(result),
                     headers={"content-type": "application/json"}).json()
     assert done["status"] == "succeeded" and done["metrics"] == {"rankme": 4.5}
     assert done["result"]["undefined_metrics"] == ["nan_metric"]
     # a retried result POST is refused, never duplicated
     assert api.post(f"/api/v1/evaluations/{ids[0]}/result", json=result | {"metrics": {"rankme": 1.0}}).status_code == 409
-    api.post(f"/api/v1/evaluations/{ids[1]}/claim", json={"worker": "w1"})
-    api.post(f"/api/v1/evaluations/{ids[1]}/result", json={"metrics": {"rankme": 5.5}})
+    lease = api.post(f"/api/v1/evaluations/{ids[1]}/claim", json={"worker": "w1"}).json()["claim"]
+    api.post(f"/api/v1/evaluations/{ids[1]}/result", json={"claim": lease, "metrics": {"rankme": 5.5}})
     series = api.get(f"/api/v1/runs/{run_id}/metrics", params={"key": "rankme"}).json()
     assert [(p["step"], p["value"]) for p in series["points"]] == [(10, 4.5), (20, 5.5)]
     assert api.get(f"/api/v1/runs/{run_id}/metrics").json() == ["rankme"]
     assert count(app, Metric) == 2
     failed = upload(api, run_id, "s30.npy", npy_bytes(GOOD * 30), step=30).json()["evaluations"][0]["id"]
-    api.post(f"/api/v1/evaluations/{failed}/claim", json={"worker": "w1"})
-    api.patch(f"/api/v1/evaluations/{failed}", json={"status": "failed", "error": "CUDA out of memory"})
+    lease = api.post(f"/api/v1/evaluations/{failed}/claim", json={"worker": "w1"}).json()["claim"]
+    api.patch(f"/api/v1/evaluations/{failed}", json={"claim": lease, "status": "failed", "error": "CUDA out of memory"})
     view = api.get(f"/api/v1/evaluations/{failed}").json()
     assert view["status"] == "failed" and view["error"] == "CUDA out of memory"
     listed = api.get("/api/v1/evaluations", params={"run": run_id, "status": "failed"}).json()
@@ -252,9 +254,9 @@ def test_idempotency_key_returns_the_first_result(api, app, run_id):
     key = {"Idempotency-Key": "job-42:step-7:attempt"}
     first = api.post(f"/api/v1/runs/{run_id}/artifacts", data={"step": "7"}, headers=key,
                      files={"file": ("a.npy", npy_bytes(GOOD))}).json()
-    # a retry whose body differs (e.g. re-serialised) still maps to the first artifact: the key decides
+    # a retry of the same request by the same token maps to the first artifact (other bodies: test_trust_uploads)
     again = api.post(f"/api/v1/runs/{run_id}/artifacts", data={"step": "7"}, headers=key,
-                     files={"file": ("a.npy", npy_bytes(GOOD * 2))}).json()
+                     files={"file": ("a.npy", npy_bytes(GOOD))}).json()
     assert again["deduplicated"] is True and again["artifact"]["id"] == first["artifact"]["id"]
     assert [e["id"] for e in again["evaluations"]] == [e["id"] for e in first["evaluations"]]
     other = upload(api, run_id, "a.npy", npy_bytes(GOOD * 2), step=7).json()

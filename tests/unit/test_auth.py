@@ -281,10 +281,12 @@ def test_oversized_json_is_refused_while_streaming(api, settings):
 def test_worker_results_get_the_larger_limit(api, run_id):
     eid = upload(api, run_id).json()["evaluations"][0]["id"]
     worker = {"Authorization": f"Bearer {WORKER_TOKEN}"}
-    assert api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "w@h"}, headers=worker).status_code == 200
+    claimed = api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "w@h"}, headers=worker)
+    assert claimed.status_code == 200
     figure = {"spectrum": {"sv": [1.0] * 300_000}}  # ~1.5 MB of figure data, over the 1 MiB JSON limit
     posted = api.post(f"/api/v1/evaluations/{eid}/result", headers=worker,
-                      json={"worker": "w@h", "metrics": {"rankme": 3.0}, "figures": figure})
+                      json={"claim": claimed.json()["claim"], "worker": "w@h", "metrics": {"rankme": 3.0},
+                            "figures": figure})
     assert posted.status_code == 200, posted.text
     assert api.get(f"/api/v1/evaluations/{eid}").json()["metrics"]["rankme"] == 3.0
 

@@ -124,14 +124,15 @@ def test_metric_series_can_be_split_by_dataset(api, client):
             z = np.random.default_rng(seed + step).standard_normal((30, 5)).astype(np.float32)
             handle = run.log_embeddings(step, z, dataset=dataset)
             eid = handle.ids()[0]
-            api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "w"})
-            api.post(f"/api/v1/evaluations/{eid}/result", json={"metrics": {"rankme": step + (seed / 10)}})
+            lease = api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "w"}).json()["claim"]
+            api.post(f"/api/v1/evaluations/{eid}/result",
+                     json={"claim": lease, "metrics": {"rankme": step + (seed / 10)}})
     run.log_metrics(2, rankme=99.0)  # a scalar the job logged itself has no dataset
     assert run.metrics("rankme", dataset="val") == [(1, 1.0), (2, 2.0)]
     assert run.metrics("rankme", dataset="ood") == [(1, 1.1), (2, 2.1)]
     points = api.get(f"/api/v1/runs/{run.id}/metrics", params={"key": "rankme"}).json()["points"]
-    assert sorted((p["step"], p["dataset"] or "") for p in points) == [(1, "ood"), (1, "val"), (2, ""),
-                                                                         (2, "ood"), (2, "val")]
+    assert sorted((p["step"], p["dataset"]) for p in points) == [(1, "ood"), (1, "val"), (2, "ood"), (2, "val")]
+    assert run.metrics("rankme", source="logged") == [(2, 99.0)]  # its own namespace, never mixed in
 
 
 def test_missing_or_weak_token_is_a_clear_exception(api, client):

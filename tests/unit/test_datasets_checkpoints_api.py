@@ -80,7 +80,7 @@ BAD_DATASETS = {
     "labels header of gigabytes": (corpus.raw_zip([  # labels loaded before their length was checked
         corpus.stored("images.npy", corpus.npy(np.zeros((4, 8, 8, 3), np.uint8))),
         corpus.short_stream("labels.npy", corpus.npy_header((4 * 10**8,), "<i8"), 128 + 4 * 10**8 * 8)]),
-        "length 4"),
+        "expands to 3200001024 bytes"),  # now refused from the zip directory, before any header is read
     "member that is not an array": (corpus.raw_zip([corpus.stored("images.npy", b"\x00garbage" * 40),
                                                     corpus.stored("labels.npy", corpus.npy(np.arange(4)))]),
                                     "invalid dataset .npz"),
@@ -154,7 +154,7 @@ def test_state_dict_needs_arch_and_weights_only(api, app, run_id, settings):
     assert garbage.status_code == 422 and "unknown checkpoint format" in garbage.json()["detail"]
     unknown_dataset = upload(api, run_id, "w.pth", weights, kind="checkpoint", arch="resnet18_cifar",
                              dataset="nope")
-    assert unknown_dataset.status_code == 404
+    assert unknown_dataset.status_code == 422 and "'nope' does not exist" in unknown_dataset.json()["detail"]
     assert count(app, Artifact) == 0 and stored_files(settings) == [] and tmp_files(settings) == []
     ok = upload(api, run_id, "w.pth", weights, kind="checkpoint", arch="resnet18_cifar")
     assert ok.status_code == 202 and ok.json()["artifact"]["meta"]["n_params"] == 6
@@ -165,12 +165,11 @@ def test_same_checkpoint_on_same_dataset_is_embedded_once(api, run_id):
     first = upload(api, run_id, "enc.pt", ckpt, kind="checkpoint", step=1).json()
     embed_id = first["evaluations"][0]["id"]
     claim = api.post(f"/api/v1/evaluations/{embed_id}/claim", json={"worker": "w"}).json()
-    cache_key = claim["evaluation"]["params"]["cache_key"]
     z = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
     derived = upload(api, run_id, "z.npz", npz_bytes(embeddings=z, labels=np.arange(40) % 4), step=1,
-                     dataset="digits", parent=first["artifact"]["id"], cache_key=cache_key).json()
+                     dataset="digits", evaluation=embed_id, claim=claim["claim"]).json()
     assert [e["suite"] for e in derived["evaluations"]] == ["spectrum", "probes"]
-    api.post(f"/api/v1/evaluations/{embed_id}/result", json={"metrics": {}})
+    api.post(f"/api/v1/evaluations/{embed_id}/result", json={"claim": claim["claim"], "metrics": {}})
     other = api.post("/api/v1/runs", json={"project": "simclr", "name": "copy"}).json()["id"]
     second = upload(api, other, "enc.pt", ckpt, kind="checkpoint", step=1).json()
     suites = {e["suite"]: e["status"] for e in second["evaluations"]}
@@ -183,11 +182,13 @@ def test_same_checkpoint_on_same_dataset_is_embedded_once(api, run_id):
     assert [e["status"] for e in third["evaluations"]] == ["queued"]
 
 
-def test_parent_must_be_a_checkpoint_of_the_run(api, run_id):
+def test_only_an_embed_step_takes_derived_embeddings(api, run_id):
     z = npz_bytes(embeddings=np.ones((5, 2), np.float32) * np.arange(2))
     first = upload(api, run_id, "a.npz", z, step=1).json()
-    bad = upload(api, run_id, "b.npz", z, step=2, parent=first["artifact"]["id"])
-    assert bad.status_code == 422 and "not a checkpoint" in bad.json()["detail"]
+    spectrum = first["evaluations"][0]["id"]
+    lease = api.post(f"/api/v1/evaluations/{spectrum}/claim", json={"worker": "w"}).json()["claim"]
+    bad = upload(api, run_id, "b.npz", z, step=2, evaluation=spectrum, claim=lease)
+    assert bad.status_code == 422 and "not an embed step" in bad.json()["detail"]
 
 
 def test_dino_style_checkpoint_with_args_is_accepted(api, run_id):

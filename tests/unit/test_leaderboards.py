@@ -26,8 +26,9 @@ def post_metrics(api, run_id: int, step: int, metrics: dict[str, float], *, data
     response = api.post(f"/api/v1/runs/{run_id}/artifacts", data=data, files={"file": ("z.npy", buf.getvalue())})
     assert response.status_code == 202, response.text
     eid = response.json()["evaluations"][0]["id"]
-    assert api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": worker}).status_code == 200
-    body = {"metrics": metrics, "variant": variant or {}, "figures": figures or {}}
+    claimed = api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": worker})
+    assert claimed.status_code == 200
+    body = {"claim": claimed.json()["claim"], "metrics": metrics, "variant": variant or {}, "figures": figures or {}}
     assert api.post(f"/api/v1/evaluations/{eid}/result", json=body).status_code == 200
     return eid
 

@@ -18,8 +18,8 @@ def upload_and_finish(api, run_id: int, step: int, z: np.ndarray) -> int:
     body = api.post(f"/api/v1/runs/{run_id}/artifacts", data={"step": str(step)},
                     files={"file": ("z.npy", buf.getvalue())}).json()
     eid = body["evaluations"][0]["id"]
-    api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "test"})
-    result = run_spectrum(z, device="cpu").to_json()
+    lease = api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "test"}).json()["claim"]
+    result = {**run_spectrum(z, device="cpu").to_json(), "claim": lease}
     assert api.post(f"/api/v1/evaluations/{eid}/result", json=result).status_code == 200
     return eid
 
@@ -270,8 +270,9 @@ def test_leaderboard_selection_upload_jobs_and_datasets_pages(api):
     np.save(buf, np.ones((4, 2), dtype=np.float32))
     eid = api.post(f"/api/v1/runs/{failing}/artifacts", data={"step": "1"},
                    files={"file": ("z.npy", buf.getvalue())}).json()["evaluations"][0]["id"]
-    api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "gpu-box-2"})
-    api.patch(f"/api/v1/evaluations/{eid}", json={"status": "failed", "error": "RuntimeError: CUDA out of memory"})
+    lease = api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": "gpu-box-2"}).json()["claim"]
+    api.patch(f"/api/v1/evaluations/{eid}",
+              json={"claim": lease, "status": "failed", "error": "RuntimeError: CUDA out of memory"})
     jobs = api.get("/jobs")
     assert jobs.status_code == 200
     assert "CUDA out of memory" in jobs.text and "gpu-box-1" in jobs.text and "cuda:0" in jobs.text

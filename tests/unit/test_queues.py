@@ -94,9 +94,10 @@ def test_sweeper_resends_to_the_same_routes(api, app, settings, run_id):
 
 
 def claim(api, eid: int, worker: str, **fields) -> dict:
+    """The claimed evaluation, with the lease's claim id added under "claim"."""
     response = api.post(f"/api/v1/evaluations/{eid}/claim", json={"worker": worker, **fields})
     assert response.status_code == 200, response.text
-    return response.json()["evaluation"]
+    return {**response.json()["evaluation"], "claim": response.json()["claim"]}
 
 
 def workers_by_name(api) -> dict[str, dict]:
@@ -105,16 +106,19 @@ def workers_by_name(api) -> dict[str, dict]:
 
 def test_claims_record_device_and_queue_and_the_jobs_page_shows_them(api, run_id):
     ids = {e["suite"]: e["id"] for e in upload(api, run_id, labelled_npz(), step=3)["evaluations"]}
-    assert claim(api, ids["spectrum"], "cpu0@box", device="cpu", queue=CPU)["device"] == "cpu"
-    assert claim(api, ids["probes"], "gpu0@box", device="cuda", queue=GPU)["device"] == "cuda"
+    spectrum = claim(api, ids["spectrum"], "cpu0@box", device="cpu", queue=CPU)
+    probes = claim(api, ids["probes"], "gpu0@box", device="cuda", queue=GPU)
+    assert (spectrum["device"], probes["device"]) == ("cpu", "cuda")
     workers = workers_by_name(api)
     assert {n: (w["device"], w["queues"], w["running"], w["active"]) for n, w in workers.items()} == {
         "cpu0@box": ("cpu", CPU, 1, True), "gpu0@box": ("cuda", GPU, 1, True)}
     seen = workers["gpu0@box"]["last_seen"]
-    assert api.patch(f"/api/v1/evaluations/{ids['probes']}", json={"worker": "gpu0@box"}).status_code == 200
+    assert api.patch(f"/api/v1/evaluations/{ids['probes']}",
+                     json={"claim": probes["claim"], "worker": "gpu0@box"}).status_code == 200
     assert workers_by_name(api)["gpu0@box"]["last_seen"] > seen  # a heartbeat renews last_seen
     assert api.post(f"/api/v1/evaluations/{ids['spectrum']}/result",
-                    json={"worker": "cpu0@box", "metrics": {"rankme": 3.0}}).status_code == 200
+                    json={"claim": spectrum["claim"], "worker": "cpu0@box",
+                          "metrics": {"rankme": 3.0}}).status_code == 200
 
     page = api.get("/jobs").text
     for name, device, queue in (("cpu0@box", "cpu", CPU), ("gpu0@box", "cuda", GPU)):

@@ -1,0 +1,100 @@
+"""Browser sessions are server-side rows named by a random id (issue 16, finding 2): a revoked token's cookie
+never becomes another token's session, and logout, revocation and expiry end a session at once."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import select, update
+
+from backend.models import ApiToken, BrowserSession, utcnow
+from tests.unit.test_auth import bearer, login, make_token
+
+
+def _token_id(api, name: str) -> int:
+    return next(t["id"] for t in api.get("/api/v1/tokens").json() if t["name"] == name)
+
+
+def _sessions(app) -> list[BrowserSession]:
+    with app.state.sessionmaker() as session:
+        return list(session.scalars(select(BrowserSession)))
+
+
+def _whoami(app, cookie: str) -> dict:
+    return TestClient(app, cookies={"repscope_session": cookie}).get("/api/v1/whoami").json()
+
+
+def test_revoked_tokens_cookie_stays_anonymous_when_a_new_token_gets_its_id(api, app):
+    browser = TestClient(app)
+    login(browser, make_token(api, "reader", "read"))
+    cookie = browser.cookies.get("repscope_session")
+    assert _whoami(app, cookie) == {"name": "reader", "scopes": ["read"], "via": "cookie"}
+    old_id = _token_id(api, "reader")
+    assert api.delete(f"/api/v1/tokens/{old_id}").status_code == 204
+    admin_secret = make_token(api, "new-admin", "admin")
+    assert _token_id(api, "new-admin") == old_id  # SQLite hands the id on: the finding's precondition holds
+    assert _whoami(app, cookie)["via"] == "anonymous"
+    assert TestClient(app, cookies={"repscope_session": cookie}).get("/admin/tokens",
+                                                                     follow_redirects=False).status_code == 303
+    assert _sessions(app) == []  # revocation deleted the row, it did not just orphan it
+    assert api.get("/api/v1/whoami", headers=bearer(admin_secret)).json()["name"] == "new-admin"
+
+
+def test_cookie_names_a_random_session_stored_only_as_its_hash(api, app):
+    browser = TestClient(app)
+    login(browser, make_token(api, "kim", "read"))
+    cookie = browser.cookies.get("repscope_session")
+    session_id = cookie.split(".")[0]
+    [row] = _sessions(app)
+    assert row.sha256 == hashlib.sha256(session_id.encode()).hexdigest()
+    with app.state.sessionmaker() as session:
+        stored = json.dumps([[str(v) for v in (r.sha256, r.csrf_secret, r.token_id)]
+                             for r in session.scalars(select(BrowserSession))])
+        token_id = session.scalar(select(ApiToken.id).where(ApiToken.name == "kim"))
+    assert session_id not in stored and row.token_id == token_id
+    second = TestClient(app)
+    login(second, make_token(api, "kim2", "read"))
+    assert second.cookies.get("repscope_session").split(".")[0] != session_id
+
+
+def test_logout_ends_the_session_on_the_server(api, app):
+    browser = TestClient(app)
+    login(browser, make_token(api, "lee", "write"))
+    cookie = browser.cookies.get("repscope_session")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/").text).group(1)
+    assert browser.post("/logout", data={"csrf_token": csrf}, follow_redirects=False).status_code == 303
+    assert _sessions(app) == []
+    replayed = TestClient(app, cookies={"repscope_session": cookie})  # a copy of the cookie taken before logout
+    assert replayed.get("/", follow_redirects=False).status_code == 303
+    assert replayed.get("/api/v1/whoami").json()["via"] == "anonymous"
+    assert replayed.post("/api/v1/runs", json={"project": "p", "name": "r"},
+                         headers={"X-CSRF-Token": csrf}).status_code == 401
+
+
+def test_expired_sessions_are_refused_and_cleaned_up(api, app):
+    first, second = TestClient(app), TestClient(app)
+    login(first, make_token(api, "max", "read"))
+    login(second, make_token(api, "ned", "read"))
+    with app.state.sessionmaker() as session:
+        session.execute(update(BrowserSession).values(expires_at=utcnow() - timedelta(seconds=1)))
+        session.commit()
+    assert first.get("/", follow_redirects=False).status_code == 303  # refused, and its row deleted
+    assert len(_sessions(app)) == 1
+    login(TestClient(app), make_token(api, "oz", "read"))  # a login sweeps the other expired ones
+    assert [s.token_id for s in _sessions(app)] == [_token_id(api, "oz")]
+    assert second.get("/api/v1/whoami").json()["via"] == "anonymous"
+
+
+def test_rotating_a_bootstrap_secret_signs_its_browsers_out(api, app):
+    from backend.app import bootstrap_tokens
+    from tests.conftest import WORKER_TOKEN
+
+    browser = TestClient(app)
+    login(browser, WORKER_TOKEN)
+    assert browser.get("/api/v1/whoami").json()["name"] == "bootstrap-worker"
+    bootstrap_tokens(app.state.sessionmaker, app.state.settings.model_copy(update={"worker_token": "rs_rotated-1"}))
+    assert browser.get("/api/v1/whoami").json()["via"] == "anonymous"
