@@ -35,7 +35,13 @@ _OPENSET = re.compile(r"^openset_(auroc|fpr95)_(\w+)$")
 _NESTED = re.compile(r"^(.*)@d(\d+)$")
 
 
+LOGGED_PREFIX = "logged:"  # backend.services.metrics: a scalar the training job logged, not a computed metric
+
+
 def metric_label(key: str) -> str:
+    """A readable name; a logged scalar keeps the job's own name behind 'logged: ' (it is not our metric)."""
+    if key.startswith(LOGGED_PREFIX):
+        return source_label(key)
     if key in METRIC_LABELS:
         return METRIC_LABELS[key]
     if m := _KNN.match(key):
@@ -45,6 +51,11 @@ def metric_label(key: str) -> str:
     if m := _NESTED.match(key):
         return f"{metric_label(m.group(1))}, d = {m.group(2)}"
     return key
+
+
+def source_label(key: str) -> str:
+    """'logged:rankme' -> 'logged: rankme' (computed keys unchanged): the column and legend name of a logged scalar."""
+    return "logged: " + key[len(LOGGED_PREFIX):] if key.startswith(LOGGED_PREFIX) else key
 
 
 def is_fraction(key: str) -> bool:
@@ -137,11 +148,16 @@ def group_over_step(title: str, y_title: str, lines: list[tuple[str, str, Metric
 def run_charts(series: dict[str, MetricSeries]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A run's metrics over training step, grouped: (main charts, nested-prefix charts).
 
-    Every key the run has is drawn: known keys in their METRIC_GROUPS chart, unknown keys one chart each,
-    nested-prefix keys `{key}@d{k}` one chart per base key (a line per prefix dimension)."""
+    Every key the run has is drawn: scalars the training job logged first (`logged:<key>`, one chart each,
+    titled as logged, so one named like a metric never reads as the computed one), then known keys in their
+    METRIC_GROUPS chart, unknown keys one chart each, nested-prefix keys `{key}@d{k}` one chart per base key
+    (a line per prefix dimension)."""
     groups: dict[int, list[str]] = {}
-    others, nested = [], {}
+    others, nested, logged = [], {}, []
     for key in series:
+        if key.startswith(LOGGED_PREFIX):
+            logged.append(key)
+            continue
         if m := _NESTED.match(key):
             nested.setdefault(m.group(1), []).append((int(m.group(2)), key))
             continue
@@ -150,7 +166,8 @@ def run_charts(series: dict[str, MetricSeries]) -> tuple[list[dict[str, Any]], l
             others.append(key)
         else:
             groups.setdefault(g, []).append(key)
-    charts = []
+    charts = [group_over_step(f"{source_label(key)} over training (logged by the training job)", source_label(key),
+                              [(source_label(key), key, series[key])]) for key in sorted(logged)]
     for g in sorted(groups):
         title, y_title, patterns, yaxis = METRIC_GROUPS[g]
         keys = sorted(groups[g], key=lambda k: _legend_order(k, patterns))

@@ -22,6 +22,7 @@ from sqlalchemy.orm import selectinload
 
 from backend import figures
 from backend.api.deps import SessionDep
+from backend.api.params import SQL_INT_MAX, SqlInt
 from backend.models import Artifact, Evaluation, Metric
 from backend.pages_auth import page_reader
 from backend.services import compare as compare_service
@@ -38,6 +39,7 @@ from repscope.suites import AVAILABLE_SUITES, NEEDS_LABELS
 TEMPLATES = Jinja2Templates(directory=Path(__file__).resolve().parent.parent / "frontend" / "templates")
 TEMPLATES.env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
 TEMPLATES.env.filters["metric_label"] = figures.metric_label
+TEMPLATES.env.filters["source_label"] = figures.source_label
 TEMPLATES.env.globals["direction"] = leaderboard_service.direction
 PAGE_SIZE = 50
 COMPARE_HEADLINE = ("rankme", "alpha_req", "linear_top1", "knn20_top1", "equi_r2_mean", "invariance_auc_mean",
@@ -108,7 +110,7 @@ def projects_page(request: Request, session: SessionDep) -> HTMLResponse:
 @router.get("/projects/{name}", response_class=HTMLResponse)
 def project_page(request: Request, name: str, session: SessionDep, q: str | None = None, tag: str | None = None,
                  sort: str = "created", order: Literal["asc", "desc"] | None = None,
-                 page: Annotated[int, Query(ge=1)] = 1) -> HTMLResponse:
+                 page: Annotated[int, Query(ge=1, le=SQL_INT_MAX // PAGE_SIZE)] = 1) -> HTMLResponse:
     started = time.perf_counter()
     project = run_service.get_project(session, name)
     table = table_service.runs_table(session, project.id, q=q, tag=tag, sort=sort, order=order, limit=PAGE_SIZE,
@@ -125,7 +127,7 @@ def project_page(request: Request, name: str, session: SessionDep, q: str | None
 @router.get("/projects/{name}/selection", response_class=HTMLResponse)
 def selection_page(request: Request, name: str, session: SessionDep, probe: str | None = None) -> HTMLResponse:
     project = run_service.get_project(session, name)
-    keys = table_service.project_metric_keys(session, project.id)
+    keys = table_service.project_metric_keys(session, project.id, source="computed")  # probes: computed only
     probes = [k for k in selection_service.PROBE_KEYS if k in keys]
     probe = probe if probe in keys else (probes[0] if probes else None)
     results = selection_service.selection(session, project, probe) if probe else []
@@ -157,7 +159,7 @@ def _run_live(session, run, since: str | None = None) -> dict[str, Any]:  # noqa
 
 
 @router.get("/runs/{run_id}", response_class=HTMLResponse)
-def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse:
+def run_page(request: Request, run_id: SqlInt, session: SessionDep) -> HTMLResponse:
     run = run_service.get_run(session, run_id)
     live = _run_live(session, run)
     return TEMPLATES.TemplateResponse(request, "run.html", {
@@ -165,7 +167,7 @@ def run_page(request: Request, run_id: int, session: SessionDep) -> HTMLResponse
 
 
 @router.get("/runs/{run_id}/live")
-def run_live(run_id: int, session: SessionDep, since: str | None = None) -> JSONResponse:
+def run_live(run_id: SqlInt, session: SessionDep, since: str | None = None) -> JSONResponse:
     """What the run page updates in place: artifact rows with evaluation status and progress, the queue summary,
     and the charts — sent only when the run's metric rows changed since the caller's `since` version."""
     run = run_service.get_run(session, run_id)
@@ -194,7 +196,7 @@ def _nested_table(metrics: dict[str, float], full_dim: int | None) -> dict[str, 
 
 
 @router.get("/evaluations/{evaluation_id}", response_class=HTMLResponse)
-def evaluation_page(request: Request, evaluation_id: int, session: SessionDep) -> HTMLResponse:
+def evaluation_page(request: Request, evaluation_id: SqlInt, session: SessionDep) -> HTMLResponse:
     evaluation = evaluation_service.get_evaluation(session, evaluation_id)
     view = evaluation_service.evaluation_read(evaluation)
     figs = (view.result or {}).get("figures", {})
@@ -218,7 +220,7 @@ def _labels(runs) -> list[str]:  # noqa: ANN001
 
 @router.get("/compare", response_class=HTMLResponse)
 def compare_page(request: Request, session: SessionDep,
-                 run: Annotated[list[int] | None, Query()] = None) -> HTMLResponse:
+                 run: Annotated[list[SqlInt] | None, Query()] = None) -> HTMLResponse:
     try:
         comparison = compare_service.compare(session, run or [])
     except compare_service.CompareRejected as exc:

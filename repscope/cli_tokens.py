@@ -57,12 +57,12 @@ def _api(args: argparse.Namespace):  # noqa: ANN202
 def _db_session(args: argparse.Namespace):  # noqa: ANN202
     if args.data_dir:
         os.environ["REPSCOPE_DATA_DIR"] = str(Path(args.data_dir).resolve())
-    from backend.db import make_engine, make_sessionmaker
+    from backend.db import make_engine, make_sessionmaker, secure_data_dir
     from backend.migrate import upgrade
     from repscope.settings import Settings
 
     settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
     upgrade(settings.resolved_database_url)
     return make_sessionmaker(make_engine(settings))()
 

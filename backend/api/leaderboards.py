@@ -21,9 +21,10 @@ def list_leaderboards(session: SessionDep) -> list[dict]:
 @router.get("/leaderboards/{dataset:path}", responses={200: {"content": {"text/csv": {}}}})
 def get_leaderboard(
     dataset: str, session: SessionDep,
-    metric: Annotated[list[str] | None, Query(max_length=service.MAX_METRICS,
-                                              description="metric columns (repeat); default rankme, "
-                                                          "linear_top1, knn20_top1 where present")] = None,
+    # a plain array (no `| None`): a query string has no null, and schema tools read one `metric=x` as ["x"]
+    metric: Annotated[list[str], Query(max_length=service.MAX_METRICS,
+                                       description="metric columns (repeat); default rankme, "
+                                                   "linear_top1, knn20_top1 where present")] = [],  # noqa: B006
     pick: Annotated[Literal["best", "last"], Query(description="per run: the last step, or the step "
                                                                "where `by` is best")] = "last",
     by: Annotated[str | None, Query(description="pick=best: the metric that picks the step "

@@ -42,14 +42,21 @@ def get_run(run_id: SqlInt, session: SessionDep) -> RunRead:
 
 
 @router.get("/runs/{run_id}/metrics", response_model=MetricSeries | list[str])
-def run_metrics(run_id: SqlInt, session: SessionDep, key: str | None = None,
-                dataset: str | None = None) -> MetricSeries | list[str]:
+def run_metrics(run_id: SqlInt, session: SessionDep, key: str | None = None, dataset: str | None = None,
+                source: Annotated[metric_service.Source | None, Query(
+                    description="computed (evaluations) or logged (the training job's own scalars)")] = None,
+                ) -> MetricSeries | list[str]:
     """With `key`: that metric over training step (only `dataset`'s points when given; each point names its
-    dataset). Without: the metric keys this run has."""
+    dataset). Without: the metric keys this run has (of `source` only, when given).
+
+    `source` picks the namespace: `computed` (by repscope's evaluations) or `logged` (POSTed by the training
+    job; a logged scalar never replaces a computed metric of the same name). Default: `computed` when `key` is
+    in the metric catalogue (rankme, alpha_req, linear_top1, knnK_topK, ...) or an evaluation of this run
+    produced it, else `logged`; the response's `source` says which."""
     run_service.get_run(session, run_id)
     if key is None:
-        return metric_service.keys(session, run_id)
-    return metric_service.series(session, run_id, key, dataset)
+        return metric_service.keys(session, run_id, source)
+    return metric_service.series(session, run_id, key, dataset, source)
 
 
 @router.post("/runs/{run_id}/metrics", status_code=201, dependencies=[CanWrite])

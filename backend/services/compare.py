@@ -1,4 +1,8 @@
-"""Run series and comparisons: every metric of a run over step, 2–10 runs side by side, config/metric diffs."""
+"""Run series and comparisons: every metric of a run over step, 2–10 runs side by side, config/metric diffs.
+
+A run's series are keyed by name in the two namespaces of backend.services.metrics: computed keys as they are
+(`rankme`), scalars the training job logged as `logged:<key>` (`logged:rankme`, `logged:loss`): a logged
+scalar with a metric's name is its own curve and diff row, never points of the computed metric."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric, Run
 from backend.services import NotFound
+from backend.services.metrics import is_logged, qualified
 from repscope.schemas import MetricPoint, MetricSeries, Status
 
 MIN_COMPARE, MAX_COMPARE = 2, 10
@@ -22,13 +27,16 @@ class CompareRejected(ValueError):
 
 
 def all_series(session: Session, run_id: int) -> dict[str, MetricSeries]:
-    """Every metric key of a run over step, in one indexed query (ordered by key, step, evaluation)."""
+    """Every metric of a run over step, in one indexed query (ordered by key, step, evaluation): computed keys
+    as they are, logged scalars as 'logged:' + key (each series from its own namespace)."""
     points: dict[str, list[MetricPoint]] = defaultdict(list)
     for key, step, value, eid in session.execute(
             select(Metric.key, Metric.step, Metric.value, Metric.evaluation_id).where(Metric.run_id == run_id)
-            .order_by(Metric.key, Metric.step, Metric.evaluation_id)):
-        points[key].append(MetricPoint(step=step, value=value, evaluation_id=eid))
-    return {k: MetricSeries(run_id=run_id, key=k, points=v) for k, v in points.items()}
+            .order_by(Metric.key, Metric.step, Metric.evaluation_id, Metric.id)):
+        points[qualified(key, eid)].append(MetricPoint(step=step, value=value, evaluation_id=eid))
+    return {k: MetricSeries(run_id=run_id, key=k, points=v,
+                            source="computed" if v[0].evaluation_id is not None else "logged")
+            for k, v in points.items()}
 
 
 def latest(series: MetricSeries) -> tuple[int, float] | None:
@@ -109,7 +117,7 @@ def compare(session: Session, run_ids: list[int]) -> Comparison:
         raise NotFound(f"run {missing[0]} does not exist")
     runs = [found[i] for i in run_ids]
     series = {r.id: all_series(session, r.id) for r in runs}
-    keys = sorted({k for s in series.values() for k in s})
+    keys = sorted({k for s in series.values() for k in s}, key=lambda k: (is_logged(k), k))  # logged ones last
 
     diff: list[DiffRow] = []
     configs = [flatten(r.config or {}) for r in runs]

@@ -9,8 +9,11 @@ default sort order, the compare page's radar chart and the label-free selection 
 * lower is better: ``LOWER_IS_BETTER`` (the uniformity loss, open-set FPR at 95 % TPR, backdoor risk);
 * closest to a target is better: ``TARGET_IS_BEST`` (α-ReQ, whose optimum is α ≈ 1, Agrawal et al. 2022);
 * no direction: ``NO_DIRECTION`` (what a suite reports about itself: the probe's chosen C, the α-ReQ fit's
-  R²) — shown
-  and sortable, but never counted in a Borda rank or drawn on a radar chart.
+  R²) and every scalar the training job logged itself (``logged:<name>``: its meaning is the job's, even when
+  its name is a metric's) — shown and sortable, but never counted in a Borda rank or drawn on a radar chart.
+
+Leaderboards rank computed metrics only: every value comes from an evaluation of an artifact on the dataset
+(the inner joins below), so a scalar a training job logged under a metric's name never enters a row.
 
 Nested-prefix keys ``{key}@d{k}`` take the direction of ``{key}``. Patterns use shell wildcards (fnmatch).
 
@@ -39,6 +42,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric, Project, Run
+from backend.services.metrics import LOGGED_PREFIX
 
 LOWER_IS_BETTER: frozenset[str] = frozenset({"uniformity", "openset_fpr95_*", "backdoor_risk"})
 TARGET_IS_BEST: dict[str, float] = {"alpha_req": 1.0}
@@ -58,6 +62,8 @@ def base_key(key: str) -> str:
 
 
 def direction(key: str) -> Direction:
+    if key.startswith(LOGGED_PREFIX):
+        return "none"
     k = base_key(key)
     if k in TARGET_IS_BEST:
         return "target"
@@ -87,6 +93,7 @@ def directions_table() -> list[dict[str, str]]:
     rows = [{"pattern": p, "direction": "lower is better"} for p in sorted(LOWER_IS_BETTER)]
     rows += [{"pattern": k, "direction": f"closest to {t:g} is better"} for k, t in sorted(TARGET_IS_BEST.items())]
     rows += [{"pattern": p, "direction": "no direction (not ranked)"} for p in sorted(NO_DIRECTION)]
+    rows.append({"pattern": LOGGED_PREFIX + "*", "direction": "no direction (scalars the training job logged)"})
     rows.append({"pattern": "everything else", "direction": "higher is better"})
     return rows
 

@@ -1,9 +1,13 @@
 """A project's runs table: search, tag filter, sort by any metric's latest value, pagination — all in SQL.
 
 "Latest value" of a key for a run is the value at the run's largest step for that key (the newest
-evaluation on ties). It is a correlated scalar subquery per run,
+evaluation on ties), read from one namespace (backend.services.metrics): a column `rankme` is the computed
+RankMe only, a column `logged:rankme` the scalar the training job logged under that name. A default column
+that some run on the page also logged gets its `logged:` column right beside it. It is a correlated scalar
+subquery per run,
 
-    SELECT value FROM metrics WHERE run_id = runs.id AND key = :k ORDER BY step DESC, evaluation_id DESC LIMIT 1
+    SELECT value FROM metrics WHERE run_id = runs.id AND key = :k AND evaluation_id IS NOT NULL
+    ORDER BY step DESC, evaluation_id DESC LIMIT 1          (logged: evaluation_id IS NULL ... ORDER BY step, id)
 
 which is an index seek on (run_id, key, step) (ix_metric_run_key_step), so sorting 10 000 runs costs
 10 000 seeks and the page itself only the rows it shows. Nothing loads every run into Python.
@@ -19,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Metric, Run
 from backend.services.leaderboards import TARGET_IS_BEST, base_key, direction
+from backend.services.metrics import logged_key, of_source, qualified, split_key
 
 TABLE_COLUMNS = ("rankme", "alpha_req", "linear_top1", "knn20_top1")
 SORTS = ("created", "name")
@@ -35,10 +40,13 @@ class RunsTable:
     order: str = "desc"
 
 
-def latest_value(key: str):  # noqa: ANN201
-    """Correlated scalar subquery: the run's value of `key` at its largest step (index seek)."""
-    return (select(Metric.value).where(Metric.run_id == Run.id, Metric.key == key)
-            .order_by(Metric.step.desc(), Metric.evaluation_id.desc()).limit(1)
+def latest_value(name: str):  # noqa: ANN201
+    """Correlated scalar subquery: the run's value of `name` (a key, or 'logged:' + key) at its largest step, from
+    that namespace only (index seek). Ties at a step: the newest evaluation, or the newest logged row."""
+    key, source = split_key(name)
+    tiebreak = Metric.id.desc() if source == "logged" else Metric.evaluation_id.desc()
+    return (select(Metric.value).where(Metric.run_id == Run.id, Metric.key == key, of_source(source))
+            .order_by(Metric.step.desc(), tiebreak).limit(1)
             .correlate(Run).scalar_subquery())
 
 
@@ -83,6 +91,8 @@ def runs_table(session: Session, project_id: int, *, q: str | None = None, tag: 
     runs = [runs_by_id[i] for i in page_ids]
 
     shown = list(dict.fromkeys([*columns, *([sort] if sort not in SORTS else [])]))
+    if page_ids:
+        shown = _with_logged_beside(session, page_ids, shown)
     table = RunsTable(runs=runs, total=total, columns=shown, sort=sort, order=order)
     if page_ids:
         table.values = latest_values(session, page_ids, shown)
@@ -91,24 +101,48 @@ def runs_table(session: Session, project_id: int, *, q: str | None = None, tag: 
     return table
 
 
-def latest_values(session: Session, run_ids: list[int], keys: list[str]) -> dict[int, dict[str, float]]:
-    """{run: {key: latest value}} for a page of runs (rows of those runs only, via the index)."""
+def _with_logged_beside(session: Session, run_ids: list[int], columns: list[str]) -> list[str]:
+    """The columns with `logged:k` inserted after each computed column k that a run of the page also logged."""
+    computed = [c for c in columns if split_key(c)[1] == "computed"]
+    if not computed:
+        return columns
+    logged = set(session.scalars(select(Metric.key).where(Metric.run_id.in_(run_ids), Metric.key.in_(computed),
+                                                          of_source("logged")).distinct()))
+    out: list[str] = []
+    for c in columns:
+        out.append(c)
+        if c in logged:
+            out.append(logged_key(c))
+    return list(dict.fromkeys(out))
+
+
+def latest_values(session: Session, run_ids: list[int], names: list[str]) -> dict[int, dict[str, float]]:
+    """{run: {name: latest value}} for a page of runs (rows of those runs only, via the index); a name is a
+    computed key or 'logged:' + a logged key, each read from its own namespace."""
     out: dict[int, dict[str, float]] = {r: {} for r in run_ids}
+    wanted = set(names)
+    keys = sorted({split_key(n)[0] for n in names})
     if not run_ids or not keys:
         return out
-    rows = session.execute(select(Metric.run_id, Metric.key, Metric.step, Metric.evaluation_id, Metric.value)
+    rows = session.execute(select(Metric.run_id, Metric.key, Metric.evaluation_id, Metric.value)
                            .where(Metric.run_id.in_(run_ids), Metric.key.in_(keys))
-                           .order_by(Metric.run_id, Metric.key, Metric.step, Metric.evaluation_id))
-    for run_id, key, _, _, value in rows:  # ascending: the last one written is the latest
-        out[run_id][key] = value
+                           .order_by(Metric.run_id, Metric.key, Metric.step, Metric.evaluation_id, Metric.id))
+    for run_id, key, eid, value in rows:  # ascending per namespace: the last one written is the latest
+        name = qualified(key, eid)
+        if name in wanted:
+            out[run_id][name] = value
     return out
 
 
-def project_metric_keys(session: Session, project_id: int) -> list[str]:
-    """Metric keys the project's runs have (nested-prefix keys left out), for the sort picker."""
-    keys = session.scalars(select(Metric.key).join(Run, Metric.run_id == Run.id)
+def project_metric_keys(session: Session, project_id: int, source: str | None = None) -> list[str]:
+    """Metric names the project's runs have (nested-prefix keys left out), for the sort picker: computed keys,
+    then logged scalars as 'logged:' + key. `source` keeps one namespace."""
+    rows = session.execute(select(Metric.key, Metric.evaluation_id.is_(None)).join(Run, Metric.run_id == Run.id)
                            .where(Run.project_id == project_id).distinct())
-    return sorted(k for k in keys if "@d" not in k)
+    names = {logged_key(k) if is_logged else k for k, is_logged in rows if "@d" not in k}
+    if source is not None:
+        names = {n for n in names if split_key(n)[1] == source}
+    return sorted(names, key=lambda n: (split_key(n)[1] == "logged", n))
 
 
 def project_tags(session: Session, project_id: int, limit: int = 2000) -> list[str]:

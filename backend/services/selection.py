@@ -6,6 +6,10 @@ Rank correlations are computed here in pure Python (the backend stays light: no 
   * Kendall τ-b: (C − D) / √((n₀ − n₁)(n₀ − n₂)), n₀ = n(n−1)/2, n₁ / n₂ = pairs tied in x / y, counted
     in O(n log n) (Knight 1966: sort by (x, y), count discordant pairs as merge-sort inversions of y).
 Both are None when undefined (n < 2, or either variable constant), where scipy returns NaN.
+
+Metrics and probe accuracies are the computed ones (rows of evaluations). A scalar the training job logged
+under a label-free metric's name is a separate row of its own, `logged:<name>` (backend.services.metrics),
+never mixed into the computed metric's pairs; the probe side (y) is always computed.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from backend.models import Metric, Project, Run
 from backend.services.leaderboards import direction, score
+from backend.services.metrics import logged_key, qualified
 
 LABEL_FREE_KEYS = ("rankme", "rankme_centered", "alpha_req", "nesum", "stable_rank", "condition",
                    "uniformity", "collapse_std", "lidar")
@@ -147,19 +152,20 @@ class MetricAgreement:
 def selection(session: Session, project: Project, probe: str,
               keys: Sequence[str] = LABEL_FREE_KEYS) -> list[MetricAgreement]:
     """For each label-free key the project has: (x = metric, y = probe) over checkpoints, ρ, τ-b, and whether
-    the metric's best step per run (by its direction) is the probe's best step."""
+    the metric's best step per run (by its direction) is the probe's best step. Computed keys first, then the
+    same names as logged by the training job (`logged:rankme`), each its own row."""
     wanted = [*keys, probe]
     rows = session.execute(
         select(Metric.run_id, Run.name, Metric.step, Metric.key, Metric.value, Metric.evaluation_id)
         .join(Run, Metric.run_id == Run.id).where(Run.project_id == project.id, Metric.key.in_(wanted))
-        .order_by(Metric.run_id, Metric.step, Metric.evaluation_id))
+        .order_by(Metric.run_id, Metric.step, Metric.evaluation_id, Metric.id))
     cells: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)
     names: dict[int, str] = {}
-    for run_id, name, step, key, value, _ in rows:  # ordered by evaluation id: the newest wins
-        cells[(run_id, step)][key] = value
+    for run_id, name, step, key, value, eid in rows:  # per namespace, ordered: the newest row wins
+        cells[(run_id, step)][qualified(key, eid)] = value
         names[run_id] = name
     out = []
-    for key in keys:
+    for key in [*keys, *(logged_key(k) for k in keys)]:
         pairs = [Pair(run_id=r, run=names[r], step=s, x=c[key], y=c[probe]) for (r, s), c in sorted(cells.items())
                  if key in c and probe in c]
         if not pairs:

@@ -32,7 +32,16 @@ export function themed(layout) {
   return out;
 }
 
-const CONFIG = { responsive: true, displaylogo: false };
+// Self-hosted: nothing may leave for Plotly's cloud. "Share chart…" (showSendToCloud, on by default in
+// plotly.js) and "Edit in Chart Studio" post the figure's data there; both off, and no server URL to post to.
+export const CONFIG = Object.freeze({
+  responsive: true,
+  displaylogo: false,
+  showSendToCloud: false,
+  showEditInChartStudio: false,
+  plotlyServerURL: "",
+  modeBarButtonsToRemove: ["sendChartToCloud", "editInChartStudio"],
+});
 
 export function drawFigure(el, fig) {
   el._figure = fig;

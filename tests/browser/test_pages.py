@@ -179,9 +179,11 @@ def test_sign_in_and_manage_tokens(chromium, instance):
     secret = page.locator("#token-secret").inner_text().strip()
     assert repscope.Client(url, token=secret).http.get("/whoami").json()["scopes"] == ["read", "write"]
     shot(page, "admin-tokens")
-    page.once("dialog", lambda dialog: dialog.accept())
+    asked: list[str] = []  # the confirm comes from static/confirm.js (the CSP allows no inline handler)
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.click('tr[data-token="browser-bot"] button')
     page.wait_for_url(url + "/admin/tokens")
+    assert asked == ["Revoke browser-bot? Clients using it stop working at once."]
     assert page.locator('tr[data-token="browser-bot"]').count() == 0
     assert repscope.Client(url, token=secret).http.get("/runs").status_code == 401
 
@@ -201,7 +203,7 @@ def test_failed_evaluation_page_shows_error(browser, instance):
     ids = run.log_embeddings(step=1, embeddings=np.ones((3, 2), dtype=np.float32))
     claimed = client.claim(ids[0], "test-harness")
     if claimed is not None:
-        client.report(ids[0], status="failed", error="RuntimeError: CUDA out of memory (test)")
+        client.report(ids[0], claim=claimed.claim, status="failed", error="RuntimeError: CUDA out of memory (test)")
     ev = client.wait(ids, raise_on_failure=False, timeout=60)[0]
     page = browser.new_page()
     page.goto(f"{url}/evaluations/{ids[0]}")
@@ -383,3 +385,70 @@ def test_demo_project_compare_leaderboard_and_selection(browser, demo):
     assert font == "#e6e6e6"
     shot(dark, "compare-dark")
     dark.close()
+
+
+# Collects Content-Security-Policy violations (the browser fires this event for each refused script, style,
+# eval, image or frame) before any page script runs.
+CSP_PROBE = ("window.__csp = []; document.addEventListener('securitypolicyviolation', (e) => window.__csp.push("
+             "`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));")
+
+
+def test_pages_run_under_the_csp_with_no_cloud_buttons(browser, chromium, demo):
+    """Every page, with its charts, works under the Content-Security-Policy with no violation; no chart offers
+    to send its data to Plotly's cloud; a scalar logged under a metric's name gets its own chart, first."""
+    url, summary = demo
+    first = summary["runs"][0]
+    client = repscope.Client(url)
+    client.run(project="demo", name=first["name"], background=False).log_metrics(summary["runs"][0]["steps"][-1],
+                                                                                  rankme=123.0)
+    ids = "&".join(f"run={r['id']}" for r in summary["runs"])
+    pages = [("/", "#projects"), ("/projects/demo", "#runs"), (f"/runs/{first['id']}", "#run-charts .main-svg"),
+             (f"/compare?{ids}", "#radar .main-svg"), ("/projects/demo/selection?probe=linear_top1", ".main-svg"),
+             (f"/leaderboards/{summary['dataset']}", "#leaderboard"), ("/leaderboards", "#boards"),
+             (f"/evaluations/{first['evaluations'][0]}", ".main-svg"), ("/jobs", "#workers"),
+             ("/datasets", "#datasets"), ("/upload", "#upload-form"), ("/admin/tokens", "#tokens"),
+             ("/docs", ".swagger-ui .opblock"), ("/redoc", "redoc h1")]
+    console: list[str] = []
+    page = browser.new_page(viewport=VIEWPORT)
+    page.add_init_script(CSP_PROBE)
+    page.on("console", lambda m: console.append(m.text) if m.type in ("error", "warning") else None)
+    page.on("pageerror", lambda e: console.append(f"uncaught: {e}"))
+    for path, selector in pages:
+        response = page.goto(url + path)
+        assert response.status == 200 and "frame-ancestors 'none'" in response.headers["content-security-policy"]
+        page.wait_for_selector(selector, timeout=30_000)
+        time.sleep(0.2)
+        violations = page.evaluate("() => window.__csp")
+        if path == "/redoc":  # ReDoc's sidebar always asks a CDN for its "by Redocly" logo: the CSP stops it
+            violations = [v for v in violations if not v.startswith("img-src https://cdn.redoc.ly/")]
+        assert violations == [], path
+        for plot in page.locator(".js-plotly-plot").all()[:3]:  # the modebar appears on hover
+            plot.hover()
+            ctx = plot.evaluate("el => ({cloud: el._context.showSendToCloud, logo: el._context.displaylogo, "
+                                "server: el._context.plotlyServerURL})")
+            assert ctx == {"cloud": False, "logo": False, "server": ""}, path
+        if page.locator(".js-plotly-plot").count():
+            titles = page.evaluate("() => [...document.querySelectorAll('.modebar-btn')].map(b => b.dataset.title)")
+            assert titles and not [t for t in titles if "cloud" in t.lower() or "share" in t.lower()
+                                   or "chart studio" in t.lower()], (path, titles)
+            assert page.locator(".modebar-btn--logo").count() == 0
+    assert not [m for m in console if ("Content Security Policy" in m and "cdn.redoc.ly" not in m)
+                or "uncaught" in m], console
+
+    page.goto(f"{url}/runs/{first['id']}")
+    page.wait_for_selector("#run-charts .plot .main-svg")
+    charts = page.evaluate("() => [...document.querySelectorAll('#run-charts .plot')].map(e => "
+                           "({title: e.layout.title.text, traces: e.data.map(t => [t.name, t.x, t.y])}))")
+    assert charts[0]["title"].startswith("logged: rankme")
+    assert charts[0]["traces"] == [["logged: rankme", [first["steps"][-1]], [123.0]]]
+    effective = next(c for c in charts if c["title"].startswith("Effective rank"))
+    rankme = next(t for t in effective["traces"] if t[0].startswith("RankMe"))
+    assert rankme[1] == [s for s, _ in summary["rankme"][first["name"]]]
+    np.testing.assert_allclose(rankme[2], [v for _, v in summary["rankme"][first["name"]]])
+    page.close()
+
+    framed = chromium.new_page()  # a page of another origin cannot frame the dashboard
+    framed.set_content(f'<iframe id="f" src="{url}/login"></iframe>')
+    time.sleep(1.0)
+    assert framed.frame_locator("#f").locator("#token").count() == 0
+    framed.close()
