@@ -31,13 +31,33 @@ def _params(op: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _responses(op: dict[str, Any]) -> str:
+    """`Responses: 200 ...; errors: 401, 404, 409 (why) ...`: an error's description only where it is the route's."""
+    from backend.api.openapi import DESCRIPTIONS, MULTIPART_400
+
+    ok, errors = [], []
+    for code, r in op.get("responses", {}).items():
+        description = r.get("description", "")
+        if code.isdigit() and 400 <= int(code) < 500:
+            usual = description in (DESCRIPTIONS.get(int(code)), MULTIPART_400)
+            errors.append(code if usual else f"{code} ({description})")
+        else:
+            ok.append(f"{code} {description}")
+    return f"Responses: {', '.join(ok)}" + (f"; errors: {', '.join(errors)}." if errors else ".")
+
+
 def render(spec: dict[str, Any]) -> str:
+    from backend.api.openapi import DESCRIPTIONS
+
     lines = [f"# {spec['info']['title']} REST API {spec['info']['version']}", "",
              "Generated from the OpenAPI schema by `python -m backend.apidoc` (also served live at `/docs`).",
-             "Errors are JSON `{\"detail\": \"...\"}` with a 4xx status that names the problem.",
              "Authentication: `Authorization: Bearer <token>` (see the README's Access section); each endpoint says",
-             "the scope it needs. Missing or unknown token: 401; a token without the scope: 403; over the rate: 429.",
-             ""]
+             "the scope it needs.", "",
+             "Errors are JSON `{\"detail\": \"...\"}` (schema `Error`) with a 4xx status that names the problem; a 422",
+             "from request validation adds `errors`, one `{\"loc\", \"msg\", \"type\"}` per problem. Each endpoint lists",
+             "the codes it can return; a code means this unless the endpoint says otherwise:", "",
+             "| status | meaning |", "|---|---|",
+             *(f"| {code} | {text} |" for code, text in sorted(DESCRIPTIONS.items())), ""]
     for path, methods in spec["paths"].items():
         for method, op in methods.items():
             lines += [f"## `{method.upper()} {path}`", ""]
@@ -47,8 +67,7 @@ def render(spec: dict[str, Any]) -> str:
             rows = _params(op)
             if rows:
                 lines += ["| name | in | type | required | description |", "|---|---|---|---|---|", *rows, ""]
-            codes = ", ".join(f"{code} {r.get('description', '')}" for code, r in op.get("responses", {}).items())
-            lines += [f"Responses: {codes}.", ""]
+            lines += [_responses(op), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

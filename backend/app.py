@@ -6,14 +6,20 @@ import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from backend import migrate
 from backend.api import artifacts, datasets, evaluations, health, leaderboards, runs, tokens
-from backend.db import make_engine, make_sessionmaker
+from backend.api.openapi import allowed_methods, document_errors, document_parameters
+from backend.api.params import single_valued_query
+from backend.db import make_engine, make_sessionmaker, secure_data_dir
+from backend.docs_ui import install as install_docs
+from backend.headers import SecurityHeadersMiddleware
 from backend.limits import BodyLimitMiddleware
 from backend.pages import TEMPLATES, assets_router
 from backend.pages import router as pages_router
@@ -38,7 +44,7 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "frontend" / "static"
 
 def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, auto_migrate: bool = True) -> FastAPI:
     settings = settings or get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)  # 0700 data dir, 0600 database and secrets (tightened, with a log line, if looser)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -56,8 +62,9 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
             sweeper.stop()
         app.state.engine.dispose()
 
-    app = FastAPI(title="repscope", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="repscope", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Measure how good a learned representation is, while it trains.")
+    install_docs(app)  # /docs and /redoc with Swagger UI / ReDoc from the installed package, not a CDN
     app.state.settings = settings
     app.state.engine = make_engine(settings)
     app.state.sessionmaker = make_sessionmaker(app.state.engine)
@@ -67,7 +74,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
 
     for router in API_ROUTERS:
-        app.include_router(router, prefix=API_PREFIX)
+        app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(single_valued_query(API_PREFIX))])
     app.include_router(assets_router)
     app.include_router(auth_pages_router)
     app.include_router(pages_router)
@@ -75,7 +82,9 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     _install_error_handlers(app)
     _document_auth(app)
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
-                       max_result_bytes=settings.max_result_bytes)
+                       max_result_bytes=settings.max_result_bytes, max_json_depth=settings.max_json_depth,
+                       idle_timeout_s=settings.upload_idle_timeout_s)
+    app.add_middleware(SecurityHeadersMiddleware)  # last: outermost, so every response gets the headers
     return app
 
 
@@ -94,11 +103,13 @@ def _document_auth(app: FastAPI) -> None:
         for router in API_ROUTERS:
             for route in router.routes:
                 scope = _required_scope([*router.dependencies, *getattr(route, "dependencies", [])])
-                item = schema.get("paths", {}).get(API_PREFIX + getattr(route, "path", ""), {})
+                item = schema.get("paths", {}).get(API_PREFIX + getattr(route, "path_format", ""), {})
                 for method in getattr(route, "methods", ()) or ():
                     op = item.get(method.lower())
                     if op is not None and scope:
                         op["x-required-scope"] = scope
+                        if scope == "read" and app.state.settings.public_read:  # anonymous reads allowed
+                            op["security"] = [{}, {"bearerToken": []}]
                         op["description"] = (op.get("description", "") + f"\n\nNeeds a token with scope `{scope}`"
                                              + (" (or none when the instance is public-read)." if scope == "read"
                                                 else ".")).strip()
@@ -106,6 +117,9 @@ def _document_auth(app: FastAPI) -> None:
             if path.endswith("/health") or path.endswith("/whoami"):
                 for op in item.values():
                     op["security"] = [{}, {"bearerToken": []}] if path.endswith("/whoami") else []
+        document_errors(schema, [(API_PREFIX, route) for router in API_ROUTERS for route in router.routes
+                                 if isinstance(route, APIRoute)])
+        document_parameters(schema)
         app.openapi_schema = schema
         return schema
 
@@ -139,6 +153,13 @@ def bootstrap_tokens(sessionmaker, settings: Settings) -> None:  # noqa: ANN001
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, exc: HTTPException) -> Response:
+        """`Allow` names every method the URL takes (the router names only the first route it tried)."""
+        allowed = ", ".join(allowed_methods(app.router.routes, request.scope))
+        return JSONResponse({"detail": exc.detail}, status_code=405,
+                            headers={"Allow": allowed or (exc.headers or {}).get("Allow", "")})
+
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
         if request.url.path.startswith("/api/"):
@@ -165,5 +186,6 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _jsonable(errors: list[dict]) -> list[dict]:
-    return [{k: (v if isinstance(v, str | int | float | list | type(None)) else str(v)) for k, v in e.items()
-             if k != "ctx"} for e in errors]
+    """Pydantic's error dicts as the documented ErrorItem: `loc` a list (pydantic gives a tuple), no `ctx`."""
+    return [{k: (list(v) if isinstance(v, tuple) else v if isinstance(v, str | int | float | list | type(None))
+                 else str(v)) for k, v in e.items() if k != "ctx"} for e in errors]
