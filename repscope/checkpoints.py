@@ -7,16 +7,21 @@ Formats (torch 2.x zip serialization unless noted):
                read with repscope.formats' whitelist unpickler (tensors, dicts, lists, numbers, strings only), so
                a pickle that names any other global is refused here, before a worker ever sees it
 - safetensors  header-validated as in repscope.formats
-TorchScript and torch.export archives carry code (TorchScript source; a graph, guard code and pickled sample
-inputs), and torch's own loaders will run some of it: `torch.export.load` unpickles with weights_only=False and
-exec()s guard code, and TorchScript can call torch.save. The API checks only their layout here; the worker
-vets every such archive before torch opens it (worker.models.loading: vet_torchscript_archive,
-vet_export_archive) and refuses file, process and network operations. Run workers without credentials.
+TorchScript and torch.export archives carry code. torch.export's is data here: its JSON graph names every
+operator, so `vet_export_archive` refuses, before anything is stored, node targets outside the aten / prims
+allowlist or in DENIED_OPS (files, processes, network), pickled weights / constants / sample inputs (torch.export.load
+would unpickle them with weights_only=False), guards code (exec'd), shape expressions outside a small grammar
+(sympify evals them) and AOTInductor packages (native code). TorchScript code can only be judged after torch
+compiles it: the worker does that inside its sandbox (worker.models.ts_vetting, an operator allowlist on the
+compiled graphs) and runs every checkpoint's forward there (worker.sandbox).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -37,6 +42,40 @@ ZIP_DAMAGE = (NotImplementedError, OSError, EOFError, ValueError, IndexError)
 CHECKPOINT_FORMATS = ("torchscript", "export", "state_dict", "safetensors")
 NEEDS_ARCH = frozenset({"state_dict", "safetensors"})
 MAX_CHECKPOINT_MEMBERS = 100_000
+
+# Operators (namespace::name) refused in uploaded graphs although their namespace is allowed, from torch's
+# schemas (torch._C._jit_get_all_schemas(), torch 2.13): a `str filename` argument (save, from_file), an RRef
+# or rpc in the signature (distributed RPC), a call back into Python (PythonOp), and torch.export's _print.
+# worker.models.ts_vetting applies the same list to TorchScript; tests/unit/test_ts_vetting.py re-derives it.
+DENIED_OPS = frozenset({
+    "aten::save", "aten::from_file", "aten::_print",
+    "prim::rpc_async", "prim::rpc_sync", "prim::rpc_remote",
+    "aten::to_here", "aten::local_value", "aten::owner", "aten::owner_name", "aten::is_owner",
+    "aten::confirmed_by_owner",
+    "prim::PythonOp", "prim::IgnoredPythonOp",
+})  # fmt: skip
+EXPORT_NAMESPACES = ("aten", "prims")
+
+# torch.export archive vetting (layout from torch/export/pt2_archive/constants.py).
+MAX_EXPORT_JSON_BYTES = 64 << 20
+PT2_TARGETS = re.compile(
+    r"^(?:torch\.ops\.(?P<ns>aten|prims)\.(?P<op>\w+)\.\w+|_operator\.\w+|math\.\w+|torch\.sym_\w+"
+    r"|torch\.ops\.higher_order\.(?:wrap_with_set_grad_enabled|wrap_with_autocast))$"
+)
+PT2_EXPR_MAX_CHARS = 2000
+PT2_EXPR_TOKEN = re.compile(
+    r"\s*(?:(?P<name>[A-Za-z_]\w*)|(?P<num>\d+(?:\.\d+)?)|(?P<str>'[a-z]{1,8}\d+')"
+    r"|(?P<op>[-+*/(),=%<>]))"
+)
+PT2_EXPR_NAMES = {
+    "Symbol", "Integer", "Rational", "Float", "True", "False", "oo", "zoo", "nan",
+    "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "zero",
+    "Max", "Min", "Abs", "Mod", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
+    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
+    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
+    "ToFloat", "Identity", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
+}  # fmt: skip
+PT2_SYMBOL = re.compile(r"^[a-z]{1,8}\d+$")
 
 
 # Inert metadata some trainers pickle next to the weights (DINO's args, Lightning's hyper-parameters).
@@ -115,6 +154,7 @@ def _inspect_zip(path) -> CheckpointInfo:
                 raise CheckpointError("checkpoint archive must have a single top-level folder")
             prefix = next(iter(roots)) + "/"
             if f"{prefix}archive_format" in names:
+                vet_export_archive(zf, prefix)
                 return CheckpointInfo("export", None, None)
             if f"{prefix}constants.pkl" in names and any(n.startswith(f"{prefix}code/") for n in names):
                 return CheckpointInfo("torchscript", None, None)
@@ -177,3 +217,133 @@ def _safetensors_info(path) -> CheckpointInfo:
     header.pop("__metadata__", None)
     return CheckpointInfo("safetensors", len(header), sum(math.prod(e["shape"]) for e in header.values()),
                           tuple(list(header)[:8]))
+
+
+# ---------------------------------------------------------------- torch.export (.pt2), without torch
+
+
+def _check_expr(expr: str) -> None:
+    """A sympy expression string as torch.export writes it, from a grammar with no attribute access,
+    no dunder names, no calls beyond the shape functions (sympify evals its input)."""
+    if len(expr) > PT2_EXPR_MAX_CHARS or "**" in expr:
+        raise CheckpointError(f"torch.export archive has an unsupported shape expression {expr[:80]!r}")
+    pos = 0
+    while pos < len(expr):
+        m = PT2_EXPR_TOKEN.match(expr, pos)
+        if m is None or m.end() == pos:
+            if expr[pos:].strip() == "":
+                return
+            raise CheckpointError(f"torch.export archive has an unsupported shape expression {expr[:80]!r}")
+        name = m.group("name")
+        if name is not None and name not in PT2_EXPR_NAMES and not PT2_SYMBOL.match(name):
+            raise CheckpointError(f"torch.export shape expression uses {name!r}, which is not a shape symbol")
+        pos = m.end()
+
+
+def check_export_target(target: str) -> None:
+    """A graph node's target: an aten / prims operator outside DENIED_OPS, or a Python operator / math / sym
+    function (what torch.export writes for symbolic shapes)."""
+    m = PT2_TARGETS.match(target)
+    if m is None:
+        raise CheckpointError(f"torch.export graph calls {target!r}; only torch.ops.aten / prims operators "
+                              "are allowed")
+    if m.group("ns") and f"{m.group('ns')}::{m.group('op')}" in DENIED_OPS:
+        raise CheckpointError(f"torch.export graph calls {target!r}, which reads or writes files, processes or "
+                              "the network; it is not allowed in uploaded models")
+
+
+def _vet_program_json(obj: Any) -> None:
+    """Walk a serialized ExportedProgram: every node target, every shape expression, no guards code."""
+    stack = [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "target" and isinstance(value, str):
+                    check_export_target(value)
+                elif key == "expr_str" and isinstance(value, str):
+                    _check_expr(value)
+                elif key == "guards_code" and value:
+                    raise CheckpointError("torch.export archive carries guards code; it is not executed here")
+                else:
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _read_json(zf: zipfile.ZipFile, name: str) -> Any:
+    if zf.getinfo(name).file_size > MAX_EXPORT_JSON_BYTES:
+        raise CheckpointError(f"torch.export archive member {name!r} is too large")
+    try:
+        return json.loads(zf.read(name))
+    except ValueError:
+        raise CheckpointError(f"torch.export archive member {name!r} is not valid JSON") from None
+
+
+def _vet_payload_config(zf: zipfile.ZipFile, name: str, what: str) -> None:
+    config = _read_json(zf, name)
+    config = config.get("config", {}) if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"torch.export {what} configuration {name!r} is malformed")
+    for fqn, meta in config.items():
+        if (not isinstance(meta, dict) or meta.get("use_pickle")
+                or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_"))):
+            raise CheckpointError(f"torch.export archive stores {what} {fqn!r} as a pickle or custom object; "
+                                  "only plain tensors are accepted")
+
+
+class _InMemoryUnpickler(_WeightsOnlyUnpickler):
+    """The weights-only unpickler over a torch.save zip held in memory (sample inputs nested in a .pt2)."""
+
+    def _read_storage(self, dtype, key: str, numel: int):  # noqa: ANN001, ANN202
+        import numpy as np
+
+        try:
+            info = self._zf.getinfo(f"{self._prefix}data/{key}")
+        except KeyError:
+            raise FormatError(f"storage {key!r} is missing") from None
+        if not key.isalnum() or info.file_size != numel * dtype.itemsize:
+            raise FormatError(f"storage {key!r} is malformed")
+        return np.frombuffer(self._zf.read(info), dtype)
+
+
+def _vet_sample_inputs(zf: zipfile.ZipFile, name: str, rel: str) -> None:
+    """Sample inputs are a torch.save zip inside the archive: weights-only (repscope.formats' unpickler)."""
+    info = zf.getinfo(name)
+    if info.file_size > 16 * MAX_PICKLE_BYTES:
+        raise CheckpointError(f"torch.export sample inputs {rel!r} are too large")
+    try:
+        with zipfile.ZipFile(io.BytesIO(zf.read(name))) as inner:
+            pkl = [n for n in inner.namelist() if n.endswith("/data.pkl")]
+            if len(pkl) != 1:
+                raise FormatError("no data.pkl")
+            with inner.open(pkl[0]) as f:
+                _InMemoryUnpickler(f, None, inner, pkl[0].removesuffix("data.pkl")).load()
+    except (FormatError, zipfile.BadZipFile, *ZIP_DAMAGE) as exc:
+        raise CheckpointError(f"torch.export sample inputs {rel!r} are not weights-only tensors ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - hostile bytes
+        raise CheckpointError(f"torch.export sample inputs {rel!r} are unreadable ({type(exc).__name__})") from None
+
+
+def vet_export_archive(zf: zipfile.ZipFile, prefix: str) -> None:
+    """Refuse every part of a .pt2 (members under `prefix`) that torch.export.load would unpickle, exec, eval
+    or dlopen, and every graph node outside the operator allowlist (module docstring)."""
+    names = zf.namelist()
+    if zf.read(f"{prefix}archive_format").strip() != b"pt2":
+        raise CheckpointError("torch.export archive_format is not 'pt2'")
+    if sum(n.endswith("archive_format") for n in names) != 1:
+        raise CheckpointError("torch.export archive must contain exactly one archive_format entry")
+    for name in names:
+        rel = name.removeprefix(prefix)
+        if rel.startswith(("data/aotinductor/", "data/mtia/")):
+            raise CheckpointError("AOTInductor-compiled .pt2 packages (native code) are not accepted")
+        if rel.startswith(("data/weights/", "data/constants/")) and rel.endswith(".pt"):
+            raise CheckpointError("torch.export archive stores pickled weights (legacy layout); re-save it")
+        if rel.startswith("data/weights/") and rel.endswith("_weights_config.json"):
+            _vet_payload_config(zf, name, "weight")
+        elif rel.startswith("data/constants/") and rel.endswith("_constants_config.json"):
+            _vet_payload_config(zf, name, "constant")
+        elif rel.startswith("data/sample_inputs/"):
+            _vet_sample_inputs(zf, name, rel)
+        elif rel.startswith("models/") and rel.endswith(".json"):
+            _vet_program_json(_read_json(zf, name))

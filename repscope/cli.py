@@ -32,14 +32,20 @@ def _apply_overrides(args: argparse.Namespace) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _apply_overrides(args)
-    import uvicorn
-
-    from backend.app import create_app
-    from backend.migrate import upgrade
     from repscope.settings import Settings
 
     settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    problem = None if args.no_worker else _sandbox_problem(settings)
+    if problem:  # before anything is imported, created or started
+        print(f"repscope serve: {problem}", file=sys.stderr, flush=True)
+        return 3
+    import uvicorn
+
+    from backend.app import create_app
+    from backend.db import secure_data_dir
+    from backend.migrate import upgrade
+
+    secure_data_dir(settings)  # 0700 data dir, 0600 database before anything writes there
     os.environ["REPSCOPE_DATA_DIR"] = str(settings.data_dir.resolve())
     os.environ.setdefault("REPSCOPE_API_URL", f"http://{_connect_host(settings.host)}:{settings.port}")
     upgrade(settings.resolved_database_url)
@@ -60,6 +66,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if worker is not None:
             _stop(worker)
     return 0
+
+
+def _sandbox_problem(settings) -> str | None:  # noqa: ANN001
+    """The worker's model sandbox, probed before anything starts (the worker probes again at its own start):
+    None when it works or is explicitly off, else the error, which names the opt-out."""
+    from worker.sandbox import SandboxError, check_at_start
+
+    try:
+        check_at_start(settings)
+    except SandboxError as exc:
+        return str(exc)
+    return None
 
 
 def _embedded_credentials(settings):  # noqa: ANN001, ANN202
@@ -130,11 +148,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     _apply_overrides(args)
+    from backend.db import secure_data_dir
     from backend.migrate import upgrade
     from repscope.settings import Settings
 
     settings = Settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secure_data_dir(settings)
     upgrade(settings.resolved_database_url)
     print(f"database at head: {_redact(settings.resolved_database_url)}")
     return 0

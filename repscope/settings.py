@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,14 @@ class Settings(BaseSettings):
     # Upload limits, enforced while the body streams in.
     max_upload_bytes: int = 8 * 1024**3
     max_elements: int = 4_000_000_000  # N x D of one embeddings file
+    # A body that sends nothing for this long is dropped (408) and its temp file removed.
+    upload_idle_timeout_s: float = Field(default=60.0, gt=0)
+    # Every .npz (embeddings and datasets), checked on its zip directory before any member is inflated: the
+    # declared total (None: max_upload_bytes, so compression never admits more than an uncompressed upload
+    # could), and each member's compression ratio from zip_ratio_min_bytes up (sorted labels compress well).
+    max_npz_expanded_bytes: int | None = Field(default=None, ge=0)
+    max_zip_ratio: float = Field(default=200.0, gt=1)
+    zip_ratio_min_bytes: int = Field(default=16 * 1024**2, ge=0)
 
     # Queue reliability: the database is the source of truth, the broker only transport.
     sweep_interval_s: float = 10.0  # how often the sweeper looks
@@ -48,6 +57,8 @@ class Settings(BaseSettings):
     # JSON request bodies (counted while they stream in); worker results carry figure data, so they get more.
     max_json_bytes: int = 1024**2
     max_result_bytes: int = 256 * 1024**2
+    # Nesting depth of any JSON request body (free-form fields such as a run's config: repscope.schemas).
+    max_json_depth: int = Field(default=64, ge=2, le=500)
 
     # Auth. Writes always need a token; reads need one unless public_read. Tokens are stored as sha256 hashes.
     public_read: bool = False
@@ -74,6 +85,13 @@ class Settings(BaseSettings):
     # Worker: where a worker that does not share data_dir keeps downloaded artifacts; device for suites.
     worker_cache_dir: Path | None = None
     device: str | None = None  # "cuda", "cpu" or None = cuda when available
+    # Uploaded model code (loading and forward of every checkpoint) runs in a child process under bubblewrap:
+    # no network, no secrets, writes only to a scratch dir (worker.sandbox). "off" runs that child without
+    # bubblewrap (explicit opt-out where the kernel refuses user namespaces; logged, recorded in results).
+    sandbox: Literal["bwrap", "off"] = "bwrap"
+    # Address-space limit of that child on CPU runs (RLIMIT_AS, MiB); None: none. Ignored on CUDA, whose
+    # driver reserves far more virtual memory than it uses.
+    sandbox_memory_mb: int | None = Field(default=None, ge=256)
 
     @property
     def light_suite_names(self) -> frozenset[str]:

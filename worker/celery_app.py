@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import sys
 
-from celery import Celery
+from celery import Celery, signals
 
 from repscope.celeryconf import EVALUATE_TASK, celery_config
 from repscope.client import Client
@@ -15,6 +17,21 @@ app = Celery("repscope-worker")
 app.conf.update(celery_config(settings))
 
 _client: Client | None = None
+log = logging.getLogger(__name__)
+
+
+@signals.worker_init.connect
+def check_sandbox(**_: object) -> None:
+    """Probe the model sandbox once at start; a kernel that refuses it stops the worker with the opt-out named
+    (SystemExit passes through Celery's signal dispatch, which logs and swallows Exceptions)."""
+    from worker.sandbox import SandboxError, check_at_start
+
+    try:
+        check_at_start(settings)
+    except SandboxError as exc:
+        log.critical("%s", exc)
+        print(f"repscope worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(3) from None
 
 
 def api_client() -> Client:

@@ -1,15 +1,16 @@
 """The `embed` step: a checkpoint becomes a derived embeddings artifact, on which the suites then run.
 
-Claim -> load the encoder (load report kept) -> get the dataset (built-in: generated here; uploaded: streamed
-from the API; server folder: read under the configured roots) -> embed (and q augmented views for LiDAR) ->
-upload the embeddings back as an artifact whose parent is the checkpoint, with the cache key the API chose, so
-the API queues the requested suites on it. Talks to the backend only through repscope.Client.
+Claim -> get the dataset (built-in: generated here; uploaded: streamed from the API; server folder: read under
+the configured roots) -> in the sandbox (worker.sandbox: no token, no network, no data dir), load the encoder
+(load report kept) and embed (and q augmented views for LiDAR) -> read the embeddings back, validated ->
+upload them as an artifact derived from the checkpoint, so the API queues the requested suites on it.
+The encoder suites (equivariance, the backdoor encoder scan) run whole in the sandbox the same way.
+Talks to the backend only through repscope.Client.
 """
 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,83 +42,90 @@ def fetch_dataset(name: str, client: Client, settings: Settings):  # noqa: ANN20
     return read_dataset_file(dest, name=name)
 
 
-def load_encoder_and_dataset(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings,
-                             device: str, progress: ProgressFn):  # noqa: ANN201 - (LoadedEncoder, ImageDataset)
-    """The claimed checkpoint as an eval-mode encoder on `device` (load report kept) and the dataset to use."""
-    from worker.models.loading import load_encoder
+def sandbox_job(claim: ClaimResponse, settings: Settings, device: str, task: str, **extra: Any):  # noqa: ANN201
+    """The sandbox request for the claimed checkpoint (worker.sandbox.EncoderJob)."""
+    import torch
+
+    from worker.sandbox import EncoderJob
 
     params = claim.evaluation.params
-    progress(0.02, "loading checkpoint")
-    encoder = load_encoder(checkpoint, fmt=claim.artifact.format, arch=params.get("arch"),
-                           pool=params.get("pool", "cls"), output=params.get("output", "backbone"), device=device)
-    progress(0.05, f"loading dataset {params['dataset']}")
-    return encoder, fetch_dataset(params["dataset"], client, settings)
+    return EncoderJob(task=task, format=claim.artifact.format, arch=params.get("arch"),
+                      pool=params.get("pool", "cls"), output=params.get("output", "backbone"), device=device,
+                      threads=torch.get_num_threads(),
+                      memory_mb=settings.sandbox_memory_mb if not device.startswith("cuda") else None, **extra)
+
+
+def run_sandboxed(job, checkpoint: Path, dataset, settings: Settings, progress: ProgressFn,  # noqa: ANN001
+                  labels: bool = False):  # noqa: ANN201 - worker.sandbox.ChildOutputs
+    from worker.sandbox import hidden_paths, run_job
+
+    return run_job(job, checkpoint, dataset.images, labels=dataset.labels if labels else None,
+                   mode=settings.sandbox, progress=progress, hidden=hidden_paths(settings), start=0.05)
+
+
+def suite_result(obj: Any, suite: str) -> SuiteResult:
+    """A SuiteResult from the child's JSON (untrusted): the field types the API and the pages rely on."""
+    try:
+        result = SuiteResult(**obj)
+        result.metrics = {str(k): float(v) for k, v in result.metrics.items()}
+        if not isinstance(result.figures, dict) or not isinstance(result.variant, dict):
+            raise TypeError("figures and variant must be objects")
+        result.warnings = [str(w) for w in result.warnings]
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"the sandboxed {suite} suite returned a malformed result ({exc})") from None
+    return result
 
 
 def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,
               progress: ProgressFn) -> SuiteResult:
-    from worker.embed import embed, embed_precision, preprocessing_spec
+    from worker.embed import embed_precision, preprocessing_spec
 
     params: dict[str, Any] = dict(claim.evaluation.params)
-    encoder, dataset = load_encoder_and_dataset(claim, checkpoint, client, settings, device, progress)
+    progress(0.02, f"loading dataset {params['dataset']}")
+    dataset = fetch_dataset(params["dataset"], client, settings)
     views = int(params.get("views") or 0)
-    span = 0.85 if not views else 0.45
-
-    started = time.perf_counter()
-    z = embed(encoder, dataset.images, device=device,
-              progress=lambda f, m: progress(0.1 + span * f, m))
-    seconds = time.perf_counter() - started
+    out = run_sandboxed(sandbox_job(claim, settings, device, "embed", views=views, seed=VIEW_SEED), checkpoint,
+                        dataset, settings, progress)
+    report = out.report
+    z = out.arrays["embeddings"]
+    seconds = float(report.get("seconds") or 0.0)
     arrays = {"embeddings": z, "labels": dataset.labels, "split": dataset.split}
     if views:
-        arrays["views"] = embed(encoder, dataset.images, device=device, views=views, seed=VIEW_SEED,
-                                progress=lambda f, m: progress(0.55 + 0.4 * f, f"views: {m}"))
+        arrays["views"] = out.arrays["views"]
     progress(0.96, "uploading embeddings")
     with tempfile.TemporaryDirectory(prefix="repscope-embed-") as tmp:
         path = Path(tmp) / "embeddings.npz"
         np.savez(path, **arrays)
         accepted = client.upload_file(
             claim.artifact.run_id, path, step=claim.artifact.step, dataset=params["dataset"],
-            suites=params.get("suites"), extra={"parent": str(claim.artifact.id), "cache_key": params["cache_key"]})
-    spec = preprocessing_spec(image_size=encoder.input_size, views=views, seed=VIEW_SEED,
-                              precision=embed_precision(device), pool=encoder.pool, output=encoder.output)
+            suites=params.get("suites"), extra={"evaluation": str(claim.evaluation.id), "claim": claim.claim})
+    spec = preprocessing_spec(image_size=report["input_size"], views=views, seed=VIEW_SEED,
+                              precision=embed_precision(device), pool=report["pool"], output=report["output"])
     return SuiteResult(
         metrics={"embed_images_per_s": len(z) / max(seconds, 1e-9)},
-        figures={"load_report": encoder.report.to_json(), "load_summary": encoder.report.summary()},
-        variant={"checkpoint_format": encoder.fmt, "arch": encoder.arch, "dataset": params["dataset"],
+        figures={"load_report": report["load_report"], "load_summary": report["load_summary"]},
+        variant={"checkpoint_format": report["format"], "arch": report["arch"], "dataset": params["dataset"],
                  "n_images": int(len(z)), "dim": int(z.shape[1]), "preprocessing": spec,
                  "derived_artifact": accepted.artifact.id,
-                 "queued_evaluations": [e.id for e in accepted.evaluations]},
-        warnings=list(encoder.report.warnings),
+                 "queued_evaluations": [e.id for e in accepted.evaluations], "sandbox": out.mode},
+        warnings=list(report["warnings"]),
     )
 
 
 def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,
                    progress: ProgressFn) -> SuiteResult:
-    """Suites over the encoder itself and the dataset's images: equivariance, the backdoor encoder scan."""
-    import torch
-
-    from worker.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
-    from worker.models.features import encode as forward
-
+    """Suites over the encoder itself and the dataset's images: equivariance, the backdoor encoder scan; the
+    whole suite runs in the sandbox (it calls the model's forward throughout)."""
     params: dict[str, Any] = dict(claim.evaluation.params)
-    encoder, dataset = load_encoder_and_dataset(claim, checkpoint, client, settings, device, progress)
-    module = encoder.module.to(device).eval()
-
-    def encode(x01: torch.Tensor) -> torch.Tensor:
-        """float NCHW in [0, 1] on the device -> features, with the preprocessing the embed step uses."""
-        x = normalize(resize(x01, encoder.input_size), IMAGENET_MEAN, IMAGENET_STD)
-        return forward(module, x, pool=encoder.pool).float()
-
-    if claim.evaluation.suite == "equivariance":
-        from worker.suites.equivariance import run_equivariance
-
-        result = run_equivariance(encode, dataset.images, device=device, progress=progress)
-    elif claim.evaluation.suite == "backdoor":
-        from worker.suites.backdoor import scan_encoder
-
-        result = scan_encoder(encode, dataset.images, labels=dataset.labels, device=device, progress=progress)
-    else:
-        raise ValueError(f"suite {claim.evaluation.suite!r} does not run on an encoder")
-    result.variant.update({"checkpoint_format": encoder.fmt, "arch": encoder.arch, "dataset": params["dataset"],
+    suite = claim.evaluation.suite
+    if suite not in ("equivariance", "backdoor"):
+        raise ValueError(f"suite {suite!r} does not run on an encoder")
+    progress(0.02, f"loading dataset {params['dataset']}")
+    dataset = fetch_dataset(params["dataset"], client, settings)
+    out = run_sandboxed(sandbox_job(claim, settings, device, "suite", suite=suite), checkpoint, dataset, settings,
+                        progress, labels=suite == "backdoor")
+    result = suite_result(out.result, suite)
+    result.variant.update({"checkpoint_format": out.report["format"], "arch": out.report["arch"],
+                           "dataset": params["dataset"], "sandbox": out.mode,
                            "preprocessing": "resize to the encoder's input size, ImageNet mean/std"})
     return result

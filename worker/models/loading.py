@@ -11,18 +11,20 @@ Uploaded files are untrusted (DESIGN.md). What runs, per format:
     argparse.Namespace / Lightning AttributeDict of training metadata); any other pickle global is refused
     before anything is called. safetensors holds no code at all.
   * torchscript: ``torch.jit.load`` runs no Python pickle (its C++ unpickler builds TorchScript types only),
-    but the archive's TorchScript code *does* run, at load (``__setstate__``) and in forward. TorchScript can
-    read and write files (``torch.from_file``, ``torch.save``) and reach other op namespaces (c10d network
-    ops), so the code is scanned before loading and any such call is refused (TS_FORBIDDEN).
+    but the archive's TorchScript code *does* run, at load (``__setstate__``) and in forward, and TorchScript
+    can read and write files (``torch.from_file``, ``torch.save``) and reach other op namespaces (c10d network
+    ops). After loading, every compiled graph goes through an operator allowlist (worker.models.ts_vetting:
+    aten / prim only, file / RPC / Python ops refused) before forward runs.
   * export: ``torch.export.load`` is NOT safe on its own for untrusted files (its docstring says so):
     pickled weights / constants / sample inputs fall back to ``torch.load(weights_only=False)``,
     ``guards_code`` is ``exec``-ed, shape expressions go through ``sympy.sympify`` (``eval``), node targets
     resolve any ``torch.*`` attribute (``torch.os.system``), and AOTInductor packages hold shared
-    libraries. ``vet_export_archive`` refuses all of these before torch sees the file: only raw (non-pickled)
-    tensor payloads, weights-only sample inputs, no guards code, shape expressions from a small grammar
-    and node targets from ``torch.ops.aten`` / ``prims`` / ``_operator`` / ``math`` / ``torch.sym_*``.
-  Neither interpreter is a sandbox (both are large C++ parsers of hostile bytes): run workers in a
-  container without credentials.
+    libraries. ``vet_export_archive`` (torch-free, repscope.checkpoints, also run by the API at upload) refuses
+    all of these before torch sees the file; after loading, every graph node must be an aten / prims operator.
+  Neither interpreter is a sandbox (both are large C++ parsers of hostile bytes): the worker loads and runs
+  uploaded checkpoints only inside worker.sandbox (no secrets, no network, writes only to a scratch dir).
+  ``load_encoder`` in-process is for one's own files (``repscope eval``): TorchScript ``__setstate__`` has run
+  by the time its graphs are vetted.
 
 State-dict normalisation (solo-learn, DINO, MoCo, Lightning layouts): unwrap nested checkpoints
 (NEST_KEYS), strip wrapper prefixes (STRIP_PREFIXES, repeatedly, keeping whichever form the architecture
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import re
 import struct
@@ -77,36 +78,7 @@ ATTRIBUTE_DICT_NAMES = (
     "pytorch_lightning.utilities.parsing.AttributeDict",
 )
 
-# TorchScript calls that touch files, processes or the network (aten::save, aten::from_file,
-# debugprims::load_tensor, c10d / symm_mem collectives): any op namespace other than these is refused.
-TS_OP_NAMESPACES = ("aten", "prim", "prims", "quantized")
-TS_FORBIDDEN = re.compile(
-    r"\b(?:from_file|load_tensor)\b|\b(?:torch|aten)\s*\.\s*save\b"
-    r"|\bops\s*\.\s*(?!(?:" + "|".join(TS_OP_NAMESPACES) + r")\b)\w+"
-)
-MAX_CODE_BYTES = 64 << 20
-MAX_EXPORT_JSON_BYTES = 512 << 20
-
-# torch.export archive vetting (layout from torch/export/pt2_archive/constants.py).
-PT2_TARGETS = re.compile(
-    r"^(?:torch\.ops\.(?:aten|prims)\.\w+\.\w+|_operator\.\w+|math\.\w+|torch\.sym_\w+"
-    r"|torch\.ops\.higher_order\.(?:wrap_with_set_grad_enabled|wrap_with_autocast))$"
-)
-PT2_FORBIDDEN_OPS = {"save", "from_file", "_print"}
-PT2_EXPR_MAX_CHARS = 2000
-PT2_EXPR_TOKEN = re.compile(
-    r"\s*(?:(?P<name>[A-Za-z_]\w*)|(?P<num>\d+(?:\.\d+)?)|(?P<str>'[a-z]{1,8}\d+')"
-    r"|(?P<op>[-+*/(),=%<>]))"
-)
-PT2_EXPR_NAMES = {
-    "Symbol", "Integer", "Rational", "Float", "True", "False", "oo", "zoo", "nan",
-    "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "zero",
-    "Max", "Min", "Abs", "Mod", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv",
-    "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal",
-    "ToFloat", "Identity", "Eq", "Ne", "Lt", "Le", "Gt", "Ge",
-}  # fmt: skip
-PT2_SYMBOL = re.compile(r"^[a-z]{1,8}\d+$")
+MAX_CODE_BYTES = 64 << 20  # one TorchScript code file
 
 
 class CheckpointError(ValueError):
@@ -228,129 +200,56 @@ def _resolve_format(path, fmt: str | None) -> str:
 # ---------------------------------------------------------------- TorchScript
 
 
-def vet_torchscript_archive(path: str | os.PathLike) -> None:
-    """Refuse TorchScript code that calls file, process or network ops (TS_FORBIDDEN)."""
+def _load_torchscript(path, device: torch.device, vet_ops: bool = True) -> nn.Module:
+    from . import ts_vetting
+
     with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if "/code/" not in info.filename or not info.filename.endswith(".py"):
-                continue
-            if info.file_size > MAX_CODE_BYTES:
-                raise CheckpointError(f"TorchScript code file {info.filename!r} is too large")
-            text = zf.read(info).decode("utf-8", errors="replace")
-            hit = TS_FORBIDDEN.search(text)
-            if hit:
-                raise CheckpointError(
-                    f"TorchScript code in {info.filename!r} calls {hit.group(0)!r}; file, process and "
-                    "network operations are not allowed in uploaded models"
-                )
-
-
-def _load_torchscript(path, device: torch.device) -> nn.Module:
-    vet_torchscript_archive(path)
+        big = next((i.filename for i in zf.infolist() if "/code/" in i.filename and i.file_size > MAX_CODE_BYTES),
+                   None)
+    if big:
+        raise CheckpointError(f"TorchScript code file {big!r} is too large")
     try:
-        return torch.jit.load(str(path), map_location=device)
+        return ts_vetting.load_vetted(path, device) if vet_ops else torch.jit.load(str(path), map_location=device)
+    except ts_vetting.ForbiddenOp as e:
+        raise CheckpointError(str(e)) from e
     except Exception as e:  # RuntimeError from the TorchScript importer on malformed archives
-        raise CheckpointError(f"invalid TorchScript archive: {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"invalid TorchScript archive: {type(e).__name__}: {_short(e, 600)}") from e
 
 
 # ---------------------------------------------------------------- torch.export (.pt2)
 
 
-def _check_expr(expr: str) -> None:
-    """A sympy expression string as torch.export writes it, from a grammar with no attribute access,
-    no dunder names, no calls beyond the shape functions (sympify evals its input)."""
-    if len(expr) > PT2_EXPR_MAX_CHARS or "**" in expr:
-        raise CheckpointError(f"torch.export archive has an unsupported shape expression {expr[:80]!r}")
-    pos = 0
-    while pos < len(expr):
-        m = PT2_EXPR_TOKEN.match(expr, pos)
-        if m is None or m.end() == pos:
-            if expr[pos:].strip() == "":
-                return
-            raise CheckpointError(f"torch.export archive has an unsupported shape expression {expr[:80]!r}")
-        name = m.group("name")
-        if name is not None and name not in PT2_EXPR_NAMES and not PT2_SYMBOL.match(name):
-            raise CheckpointError(f"torch.export shape expression uses {name!r}, which is not a shape symbol")
-        pos = m.end()
-
-
-def _check_target(target: str) -> None:
-    if not PT2_TARGETS.match(target) or target.split(".")[-2] in PT2_FORBIDDEN_OPS:
-        raise CheckpointError(
-            f"torch.export graph calls {target!r}; only torch.ops.aten / prims operators are allowed"
-        )
-
-
-def _vet_program_json(obj: Any) -> None:
-    """Walk a serialized ExportedProgram: every node target, every shape expression, no guards code."""
-    stack = [obj]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "target" and isinstance(value, str):
-                    _check_target(value)
-                elif key == "expr_str" and isinstance(value, str):
-                    _check_expr(value)
-                elif key == "guards_code" and value:
-                    raise CheckpointError("torch.export archive carries guards code; it is not executed here")
-                else:
-                    stack.append(value)
-        elif isinstance(node, list):
-            stack.extend(node)
-
-
-def _vet_payload_config(zf: zipfile.ZipFile, name: str, what: str) -> None:
-    config = json.loads(zf.read(name)).get("config", {})
-    for fqn, meta in config.items():
-        if meta.get("use_pickle") or not str(meta.get("path_name", "")).startswith(("weight_", "tensor_")):
-            raise CheckpointError(
-                f"torch.export archive stores {what} {fqn!r} as a pickle or custom object; "
-                "only plain tensors are accepted"
-            )
-
-
 def vet_export_archive(path: str | os.PathLike) -> None:
-    """Refuse every part of a .pt2 that torch.export.load would unpickle, exec or eval (module docstring)."""
+    """Refuse every part of a .pt2 that torch.export.load would unpickle, exec or eval, and graph nodes outside
+    the allowlist: repscope.checkpoints' torch-free check (the API's at upload), then torch's own weights-only
+    loader over the sample inputs."""
+    from repscope import checkpoints
+
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
         fmt_files = [n for n in names if n.endswith("archive_format")]
         if len(fmt_files) != 1:
             raise CheckpointError("torch.export archive must contain exactly one archive_format entry")
         root = fmt_files[0].removesuffix("archive_format")
-        if zf.read(fmt_files[0]).strip() != b"pt2":
-            raise CheckpointError("torch.export archive_format is not 'pt2'")
+        try:
+            checkpoints.vet_export_archive(zf, root)
+        except checkpoints.CheckpointError as e:
+            raise CheckpointError(str(e)) from e
         for name in names:
-            rel = name.removeprefix(root)
-            if rel.startswith("data/aotinductor/") or rel.startswith("data/mtia/"):
-                raise CheckpointError("AOTInductor-compiled .pt2 packages (native code) are not accepted")
-            if rel.startswith(("data/weights/", "data/constants/")) and rel.endswith(".pt"):
-                raise CheckpointError(
-                    "torch.export archive stores pickled weights (legacy layout); re-save it"
-                )
-            if rel.startswith("data/weights/") and rel.endswith("_weights_config.json"):
-                _vet_payload_config(zf, name, "weight")
-            elif rel.startswith("data/constants/") and rel.endswith("_constants_config.json"):
-                _vet_payload_config(zf, name, "constant")
-            elif rel.startswith("data/sample_inputs/"):
+            if name.startswith(f"{root}data/sample_inputs/"):
                 try:
                     torch.load(io.BytesIO(zf.read(name)), weights_only=True)
                 except Exception as e:
                     raise CheckpointError(
-                        f"torch.export sample inputs {rel!r} are not weights-only tensors ({_short(e)})"
+                        f"torch.export sample inputs {name!r} are not weights-only tensors ({_short(e)})"
                     ) from e
-            elif rel.startswith("models/") and rel.endswith(".json"):
-                if zf.getinfo(name).file_size > MAX_EXPORT_JSON_BYTES:
-                    raise CheckpointError("torch.export program description is too large")
-                try:
-                    program = json.loads(zf.read(name))
-                except ValueError as e:
-                    raise CheckpointError(f"torch.export program {rel!r} is not valid JSON") from e
-                _vet_program_json(program)
 
 
 def _check_graph_ops(gm: nn.Module) -> None:
-    """Second line after the JSON check: every call in the loaded graph is an aten / prims operator."""
+    """Second line after the archive check: every call in the loaded graph is an aten / prims operator outside
+    DENIED_OPS (the allowlist of repscope.checkpoints), a Python operator or a higher-order wrapper."""
+    from repscope.checkpoints import DENIED_OPS, EXPORT_NAMESPACES
+
     for sub in gm.modules():
         graph = getattr(sub, "graph", None)
         if not isinstance(graph, torch.fx.Graph):
@@ -360,8 +259,7 @@ def _check_graph_ops(gm: nn.Module) -> None:
                 continue
             target = node.target
             if isinstance(target, torch._ops.OpOverload):
-                opname = target._schema.name.split("::")[-1]
-                if target.namespace not in ("aten", "prims") or opname in PT2_FORBIDDEN_OPS:
+                if target.namespace not in EXPORT_NAMESPACES or target._schema.name in DENIED_OPS:
                     raise CheckpointError(f"torch.export graph calls {target}, which is not allowed")
             elif getattr(target, "__module__", None) not in (
                 "_operator",
@@ -408,7 +306,7 @@ def _static_input(ep) -> tuple[int | None, tuple[int, int] | None]:
 
 
 def _load_export(
-    path, device: torch.device, pool: str
+    path, device: torch.device, pool: str, vet_ops: bool = True
 ) -> tuple[nn.Module, tuple[int, int] | None, list[str]]:
     vet_export_archive(path)
     try:
@@ -423,7 +321,8 @@ def _load_export(
         ep = move_to_device_pass(ep, device)
     batch, hw = _static_input(ep)
     module = ep.module()
-    _check_graph_ops(module)
+    if vet_ops:
+        _check_graph_ops(module)
     notes = []
     if batch is not None:
         notes.append(f"exported with a static batch of {batch}: batches are padded to it")
@@ -642,6 +541,7 @@ def load_encoder(
     arch_kwargs: dict | None = None,
     checkpoint_key: str | None = None,
     device: str | torch.device | None = None,
+    vet_ops: bool = True,
 ) -> LoadedEncoder:
     """Load a checkpoint file as an eval-mode encoder on ``device`` (default CPU).
 
@@ -652,6 +552,8 @@ def load_encoder(
     drop_heads     -- drop classifier / projector / predictor weights (HEAD_PREFIXES) before loading
     output         -- "backbone" (default), "projector" or "logits" (built-in architectures only)
     checkpoint_key -- nested entry to use (e.g. "student"); default: the first of NEST_KEYS present
+    vet_ops        -- the operator allowlist on TorchScript / export graphs; off only in tests that show what
+                      the sandbox alone stops
     Raises CheckpointError for anything unusable; never evaluates an encoder with missing weights.
     """
     path = Path(path)
@@ -689,10 +591,10 @@ def load_encoder(
                 "module is evaluated through its own forward"
             )
         if kind == "torchscript":
-            module = _load_torchscript(path, dev)
+            module = _load_torchscript(path, dev, vet_ops)
             report = LoadReport(loaded=list(module.state_dict()))
         else:
-            module, input_size, notes = _load_export(path, dev, pool)
+            module, input_size, notes = _load_export(path, dev, pool, vet_ops)
             report = LoadReport(loaded=list(module.state_dict()), warnings=notes)
     _set_eval(module)
     return LoadedEncoder(module, report, kind, arch, pool=pool, output=output, input_size=input_size)

@@ -1,0 +1,140 @@
+"""The sandboxed side: ``python -m worker.sandbox.child REQUEST.json`` loads the uploaded checkpoint, runs it
+over the images and writes what it computed into the scratch dir.
+
+It has no token, no network and no data dir; it trusts nothing it writes to be believed (the parent validates
+every output). Protocol: one JSON object per line on the file descriptor that was stdout at start
+({"progress": f, "message": m}, then {"ok": true} or {"error": one line, "type": exception class}); anything
+the model code prints goes to stderr instead, so it cannot forge protocol lines by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+PROTOCOL_LIMIT = 4000  # characters of one message
+
+
+class Channel:
+    """The protocol stream (the original stdout); fd 1 then points at stderr."""
+
+    def __init__(self) -> None:
+        self._out = os.fdopen(os.dup(1), "w", buffering=1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+    def send(self, **msg: Any) -> None:
+        self._out.write(json.dumps(msg) + "\n")
+        self._out.flush()
+
+    def progress(self, fraction: float, message: str) -> None:
+        self.send(progress=float(fraction), message=str(message)[:PROTOCOL_LIMIT])
+
+
+def _limit_memory(megabytes: int | None) -> None:
+    """RLIMIT_AS on this process (torch's libraries are mapped by then), set before the model is touched;
+    without CAP_SYS_RESOURCE the model's code cannot raise it again."""
+    if megabytes:
+        import resource
+
+        limit = int(megabytes) << 20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _load(req: dict[str, Any]):  # noqa: ANN202 - LoadedEncoder
+    from worker.models.loading import load_encoder
+
+    return load_encoder(req["checkpoint"], fmt=req.get("format"), arch=req.get("arch"), pool=req["pool"],
+                        output=req["output"], device=req["device"], vet_ops=bool(req.get("vet_ops", True)))
+
+
+def _report(encoder) -> dict[str, Any]:  # noqa: ANN001
+    return {"load_report": encoder.report.to_json(), "load_summary": encoder.report.summary(),
+            "format": encoder.fmt, "arch": encoder.arch, "pool": encoder.pool, "output": encoder.output,
+            "input_size": list(encoder.input_size) if encoder.input_size else None,
+            "warnings": list(encoder.report.warnings)}
+
+
+def run_embed(req: dict[str, Any], channel: Channel) -> None:
+    import numpy as np
+
+    from worker.embed import embed
+
+    images = np.load(req["images"], mmap_mode="r", allow_pickle=False)
+    channel.progress(0.06, "loading checkpoint (sandboxed)")
+    encoder = _load(req)
+    views = int(req.get("views") or 0)
+    span = 0.85 if not views else 0.45
+    started = time.perf_counter()
+    z = embed(encoder, images, device=req["device"], progress=lambda f, m: channel.progress(0.1 + span * f, m))
+    seconds = time.perf_counter() - started
+    scratch = Path(req["scratch"])
+    np.save(scratch / "embeddings.npy", z)
+    if views:
+        v = embed(encoder, images, device=req["device"], views=views, seed=int(req.get("seed", 0)),
+                  progress=lambda f, m: channel.progress(0.55 + 0.4 * f, f"views: {m}"))
+        np.save(scratch / "views.npy", v)
+    (scratch / "report.json").write_text(json.dumps({**_report(encoder), "seconds": seconds}))
+
+
+def run_suite(req: dict[str, Any], channel: Channel) -> None:
+    import numpy as np
+    import torch
+
+    from worker.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+    from worker.models.features import encode as forward
+
+    images = np.load(req["images"], allow_pickle=False)
+    labels = np.load(req["labels"], allow_pickle=False) if req.get("labels") else None
+    channel.progress(0.06, "loading checkpoint (sandboxed)")
+    encoder = _load(req)
+    module = encoder.module.to(req["device"]).eval()
+
+    def encode(x01: torch.Tensor) -> torch.Tensor:
+        """float NCHW in [0, 1] on the device -> features, with the preprocessing the embed step uses."""
+        x = normalize(resize(x01, encoder.input_size), IMAGENET_MEAN, IMAGENET_STD)
+        return forward(module, x, pool=encoder.pool).float()
+
+    if req["suite"] == "equivariance":
+        from worker.suites.equivariance import run_equivariance
+
+        result = run_equivariance(encode, images, device=req["device"], progress=channel.progress)
+    elif req["suite"] == "backdoor":
+        from worker.suites.backdoor import scan_encoder
+
+        result = scan_encoder(encode, images, labels=labels, device=req["device"], progress=channel.progress)
+    else:
+        raise ValueError(f"suite {req['suite']!r} does not run on an encoder")
+    scratch = Path(req["scratch"])
+    (scratch / "result.json").write_text(json.dumps(result.to_json()))
+    (scratch / "report.json").write_text(json.dumps(_report(encoder)))
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:PROTOCOL_LIMIT] if text else type(exc).__name__
+
+
+def main(argv: list[str]) -> int:
+    channel = Channel()
+    try:
+        req = json.loads(Path(argv[0]).read_text())
+        import torch  # mapped before the limit: its libraries' address space is not the model's
+
+        _limit_memory(req.get("memory_mb"))
+        if req.get("threads"):
+            torch.set_num_threads(int(req["threads"]))
+        {"embed": run_embed, "suite": run_suite}[req["task"]](req, channel)
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one protocol line
+        channel.send(error=one_line(exc), type=type(exc).__name__)
+        return 1
+    channel.send(ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
