@@ -140,6 +140,16 @@ def test_a_bind_that_would_show_the_data_dir_is_refused(tmp_path):
     probe(Settings(data_dir=tmp_path / "data"))  # the usual layout starts
 
 
+def test_the_private_tmp_is_mounted_before_the_python_and_source_binds():
+    """bwrap mounts in order: a tmpfs on /tmp after the binds would hide a venv or checkout under /tmp (CI clones
+    live there; the sandbox then could not even start Python)."""
+    cmd = bwrap.command(["true"])
+    tmpfs = cmd.index("--tmpfs")
+    bound = [i for i, arg in enumerate(cmd) if arg == "--ro-bind" and cmd[i + 1] in
+             {str(p) for p in bwrap.python_dirs() + bwrap.package_dirs()}]
+    assert bound and tmpfs < min(bound)
+
+
 def test_the_kernel_refusing_namespaces_stops_the_worker_naming_the_opt_out(layout):
     """Inside a sandbox (no nested user namespaces: a kernel that refuses them), the worker's start-up check and
     `repscope serve` exit with an error that says what the kernel refused and names REPSCOPE_SANDBOX=off."""

@@ -129,6 +129,14 @@ def command(argv: list[str], *, inputs: Path | None = None, scratch: Path | None
         cmd.append("--disable-userns")
     for key, value in child_env().items():
         cmd += ["--setenv", key, value]
+    # The private /tmp, /proc and /dev come first: bwrap mounts in order, so a later tmpfs on /tmp would hide
+    # every bind below it (a checkout or venv under /tmp, as CI clones are).
+    if state.fresh_proc if fresh_proc is None else fresh_proc:
+        cmd += ["--proc", "/proc"]
+    else:
+        for p in PROC_FALLBACK:
+            cmd += ["--ro-bind-try", p, p]
+    cmd += ["--dev", "/dev", "--tmpfs", "/tmp"]
     binds: list[Path] = []
     for d in SYSTEM_DIRS:
         if os.path.islink(d):
@@ -143,12 +151,6 @@ def command(argv: list[str], *, inputs: Path | None = None, scratch: Path | None
             cmd += ["--ro-bind", str(p), str(p)]
             binds.append(p)
     _check_hidden(binds, hidden)
-    if state.fresh_proc if fresh_proc is None else fresh_proc:
-        cmd += ["--proc", "/proc"]
-    else:
-        for p in PROC_FALLBACK:
-            cmd += ["--ro-bind-try", p, p]
-    cmd += ["--dev", "/dev", "--tmpfs", "/tmp"]
     if cuda:
         for dev in sorted(glob.glob("/dev/nvidia*")):
             cmd += ["--dev-bind", dev, dev]
