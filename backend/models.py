@@ -66,7 +66,7 @@ class Dataset(Base):
 class Artifact(Base):
     __tablename__ = "artifacts"
     __table_args__ = (Index("ix_artifact_run_step", "run_id", "step"),
-                      UniqueConstraint("run_id", "idempotency_key", name="uq_artifact_idempotency"),
+                      UniqueConstraint("idempotency_key", name="uq_artifact_idempotency_key"),
                       UniqueConstraint("run_id", "dedupe_key", name="uq_artifact_dedupe"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -81,8 +81,8 @@ class Artifact(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"), nullable=True)
     # derived embeddings: sha256 of (checkpoint sha, dataset identity, preprocessing) — the embedding cache
     cache_key: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    # client-chosen key: a retried request with the same key returns this artifact instead of a new one, only for
-    # the same token and the same request (fingerprint: sha256 of file hash, file name and form fields)
+    # client-chosen key, unique in the database: a retried request with the same key returns this artifact instead
+    # of a new one, only for the same token, run and request (fingerprint: sha256 of file hash, name and fields)
     idempotency_key: Mapped[str | None] = mapped_column(String(100), nullable=True)
     idempotency_token_id: Mapped[int | None] = mapped_column(ForeignKey(
         "api_tokens.id", ondelete="SET NULL", name="fk_artifacts_idempotency_token_id"), nullable=True)

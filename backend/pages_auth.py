@@ -7,7 +7,6 @@ cookie; every other form carries the session's CSRF token.
 
 from __future__ import annotations
 
-import hmac
 import secrets
 from urllib.parse import parse_qs, quote
 
@@ -23,6 +22,7 @@ from backend.security import (
     authorize,
     cookie_secure,
     make_session_cookie,
+    same_secret,
 )
 from backend.services import tokens as token_service
 
@@ -92,7 +92,7 @@ async def login(request: Request, session: SessionDep) -> Response:
     form = await _form(request)
     next_url = _safe_next(form.get("next"))
     sent, expected = form.get("login_csrf", ""), request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not sent or not expected or not hmac.compare_digest(sent, expected):
+    if not sent or not expected or not same_secret(sent, expected):
         return _login_page(request, next_url, "The form expired; please sign in again.", status=403)
     token = token_service.lookup(session, form.get("token", "").strip())
     if token is None:

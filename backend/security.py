@@ -94,15 +94,24 @@ def _sign(key: bytes, payload: str) -> str:
     return _b64(hmac.new(key, payload.encode("ascii"), hashlib.sha256).digest())
 
 
+def same_secret(sent: str, expected: str) -> bool:
+    """Constant-time equality of two secrets, compared as utf-8 bytes: `hmac.compare_digest` raises TypeError on
+    non-ASCII str, and cookies, headers and form fields are the caller's text (any character, even a surrogate)."""
+    return hmac.compare_digest(sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))
+
+
 def make_session_cookie(key: bytes, session_id: str) -> str:
     """The cookie for a server-side session: its random id, signed (a forged id is refused before any lookup)."""
     return f"{session_id}.{_sign(key, f'session:{session_id}')}"
 
 
 def read_session_cookie(key: bytes, cookie: str) -> str | None:
-    """The session id a cookie carries, or None when its signature is wrong. Expiry is the server row's."""
+    """The session id a cookie carries, or None when it is malformed (ours are ASCII) or its signature is wrong:
+    either way the caller is anonymous. Expiry is the server row's."""
     session_id, _, sig = cookie.partition(".")
-    if not session_id or not sig or not hmac.compare_digest(sig, _sign(key, f"session:{session_id}")):
+    if not session_id or not sig or not cookie.isascii():
+        return None
+    if not same_secret(sig, _sign(key, f"session:{session_id}")):
         return None
     return session_id
 
@@ -195,7 +204,7 @@ def authorize(request: Request, session: Session, scope: str, *, also: tuple[str
         raise HTTPException(403, f"token {principal.name!r} lacks the {' or '.join(allowed)} scope")
     if principal.via == "cookie" and request.method not in SAFE_METHODS:
         sent = request.headers.get(CSRF_HEADER) or getattr(request.state, "form_csrf", None)
-        if not sent or not principal.csrf or not hmac.compare_digest(sent, principal.csrf):
+        if not sent or not principal.csrf or not same_secret(sent, principal.csrf):
             raise HTTPException(403, f"missing or wrong CSRF token (send the {CSRF_HEADER} header)")
     if not principal.has("worker") or principal.has("admin"):  # worker tokens are the service's own machinery
         _rate_limit(request, f"token:{principal.token_id}")

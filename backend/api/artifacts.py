@@ -11,7 +11,7 @@ from backend.api.deps import CanRead, CanUpload, QueueDep, SessionDep, SettingsD
 from backend.api.openapi import FILE_RESPONSE
 from backend.api.params import SQL_INT_MAX, SqlInt
 from backend.multipart import receive_file_or_4xx
-from backend.security import authenticate
+from backend.security import Principal, authenticate
 from backend.services import NotFound
 from backend.services import runs as run_service
 from backend.services.artifacts import (
@@ -43,7 +43,8 @@ UPLOAD_FORM_SCHEMA = {
     "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
                     "schema": {"type": "string", "pattern": f"^{IDEMPOTENCY_KEY}$"},
                     "description": "retry-safe uploads: a retry with the same key and the same request gets the "
-                                   "first answer; the key with another request, or from another token, is a 409"}],
+                                   "first answer; keys are global: the key with another request, on another run "
+                                   "or from another token is a 409"}],
     "requestBody": {
         "required": True,
         "content": {"multipart/form-data": {"schema": {
@@ -151,6 +152,19 @@ def _check_matches(fields: dict[str, str], parsed: UploadFields, step: int, data
                              "them (omit them)")
 
 
+def _check_scope(principal: Principal, fields: UploadFields) -> None:
+    """CanUpload lets write and worker tokens in; which upload each may make is decided here, from the form.
+    A worker token only attaches an embed step's embeddings under its claim: were it to upload checkpoints or plain
+    embeddings, it could claim its own embed step of a victim's checkpoint bytes and plant the cache entry."""
+    if fields.evaluation_id is not None:
+        if not principal.has("worker"):
+            raise HTTPException(403, f"token {principal.name!r} lacks the worker scope: only the worker holding "
+                                     "an embed step's claim attaches its embeddings")
+    elif not principal.has("write"):
+        raise HTTPException(403, f"token {principal.name!r} lacks the write scope: a worker token uploads only an "
+                                 "embed step's embeddings (with its 'evaluation' and 'claim')")
+
+
 def _register(session, store, run, form, fields: UploadFields, settings, idempotency):  # noqa: ANN001, ANN202
     """Runs in a worker thread: validation and hashing-bound work stay off the event loop."""
     if fields.kind == "checkpoint":
@@ -173,8 +187,8 @@ def _register(session, store, run, form, fields: UploadFields, settings, idempot
 
 @router.post("/runs/{run_id}/artifacts", status_code=202, dependencies=[CanUpload], response_model=UploadAccepted,
              openapi_extra=UPLOAD_FORM_SCHEMA,
-             responses={409: {"description": "The Idempotency-Key was used with another request or by another "
-                                             "token, or the embed step's claim is not the current one"}})
+             responses={409: {"description": "The Idempotency-Key was used with another request, on another run or "
+                                             "by another token, or the embed step's claim is not the current one"}})
 async def upload_artifact(run_id: SqlInt, request: Request, session: SessionDep, store: StoreDep,
                           queue: QueueDep, settings: SettingsDep) -> UploadAccepted:
     """Stream an embeddings file or a checkpoint into the store, validate it, and queue its evaluations."""
@@ -183,20 +197,19 @@ async def upload_artifact(run_id: SqlInt, request: Request, session: SessionDep,
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not re.fullmatch(IDEMPOTENCY_KEY, idempotency_key):
         raise HTTPException(400, "Idempotency-Key must be 8-100 letters, digits, '_', '.', ':' or '-'")
-    earlier = await run_in_threadpool(find_by_idempotency_key, session, run.id, idempotency_key)
-    if earlier is not None:  # another token's key is refused before its body is read
-        check_key_owner(earlier.artifact, idempotency_key, principal.token_id)
+    earlier = await run_in_threadpool(find_by_idempotency_key, session, idempotency_key)
+    if earlier is not None:  # another token's key, or another run's, is refused before the body is read
+        check_key_owner(earlier.artifact, idempotency_key, principal.token_id, run.id)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + 64 * 1024:
         raise HTTPException(413, f"upload of {declared} bytes exceeds the size limit of {settings.max_upload_bytes} bytes")
     form = await receive_file_or_4xx(request, store, settings.max_upload_bytes)
     try:
         fields = _parse_fields(form.fields)
-        if fields.evaluation_id is not None and not principal.has("worker"):
-            raise HTTPException(403, f"token {principal.name!r} lacks the worker scope: only the worker holding "
-                                     "an embed step's claim attaches its embeddings")
+        _check_scope(principal, fields)
         idempotency = None if idempotency_key is None else Idempotency(
-            idempotency_key, principal.token_id, request_fingerprint(form.file.sha256, form.filename, form.fields))
+            idempotency_key, principal.token_id, run.id,
+            request_fingerprint(form.file.sha256, form.filename, form.fields))
         if earlier is not None:  # a retry of a request that already succeeded: the same answer
             check_replay(earlier.artifact, idempotency)
             return _accepted(earlier)

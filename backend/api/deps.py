@@ -51,4 +51,4 @@ CanRead = Depends(require("read"))
 CanWrite = Depends(require("write"))
 CanWork = Depends(require("worker"))
 CanAdmin = Depends(require("admin"))
-CanUpload = Depends(require("write", "worker"))  # derived embeddings come from workers
+CanUpload = Depends(require("write", "worker"))  # workers: derived embeddings only (api.artifacts._check_scope)

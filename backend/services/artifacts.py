@@ -6,7 +6,8 @@ Evaluation row per suite are committed together. Any failure removes what this r
 
 Identical uploads (same run, kind, step, bytes, dataset, checkpoint params and parent) share one dedupe key,
 unique per run in the database: of two concurrent ones, the loser's insert fails and it answers with the
-winner's artifact. An Idempotency-Key binds to the token and the request that first used it.
+winner's artifact. An Idempotency-Key is unique across the whole database: it names one request of one token on
+one run, and any other use of it (another run, token or body) is a Conflict.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class Registered:
 
 @dataclass(frozen=True)
 class Idempotency:
-    """An upload's Idempotency-Key, the token that sent it and the request's fingerprint: a replay of the key
-    must match both to get the first answer."""
+    """An upload's Idempotency-Key, the token that sent it, the run it targets and the request's fingerprint: a
+    replay of the key must match all three to get the first answer."""
 
     key: str
     token_id: int | None
+    run_id: int
     fingerprint: str
 
 
@@ -79,16 +81,20 @@ def _idempotency_columns(idempotency: Idempotency | None) -> dict[str, Any]:
             "idempotency_fingerprint": idempotency.fingerprint}
 
 
-def check_key_owner(artifact: Artifact, key: str, token_id: int | None) -> None:
-    """Another token's Idempotency-Key is a Conflict (checked before the body is read)."""
+def check_key_owner(artifact: Artifact, key: str, token_id: int | None, run_id: int) -> None:
+    """Another token's Idempotency-Key, or this token's key of another run, is a Conflict (checked before the body
+    is read): keys are global, so a key reused for another run is a new request, not a retry."""
     if token_id is None or artifact.idempotency_token_id != token_id:
         raise Conflict(f"Idempotency-Key {key!r} was already used on run {artifact.run_id} by another token; "
                        "choose a new key")
+    if artifact.run_id != run_id:
+        raise Conflict(f"Idempotency-Key {key!r} was already used on run {artifact.run_id}, not run {run_id}; "
+                       "use a new key for a new upload")
 
 
 def check_replay(artifact: Artifact, idempotency: Idempotency) -> None:
-    """A replay must come from the same token with the same request; anything else is a Conflict."""
-    check_key_owner(artifact, idempotency.key, idempotency.token_id)
+    """A replay must come from the same token, on the same run, with the same request; anything else is a Conflict."""
+    check_key_owner(artifact, idempotency.key, idempotency.token_id, idempotency.run_id)
     if not artifact.idempotency_fingerprint or not hmac.compare_digest(artifact.idempotency_fingerprint,
                                                                         idempotency.fingerprint):
         raise Conflict(f"Idempotency-Key {idempotency.key!r} was already used with a different request (the file's "
@@ -111,7 +117,7 @@ def _reuse(store: ArtifactStore, existing: Artifact, received: Received, ext: st
 def _winner(session: Session, run_id: int, dedupe: str, idempotency: Idempotency | None) -> Registered | None:
     """After a unique-constraint failure: the concurrent request that won (same key, or the same upload)."""
     if idempotency is not None:
-        earlier = find_by_idempotency_key(session, run_id, idempotency.key)
+        earlier = find_by_idempotency_key(session, idempotency.key)
         if earlier is not None:
             check_replay(earlier.artifact, idempotency)
             return earlier
@@ -164,11 +170,11 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
     return Registered(artifact, evaluations, deduplicated=False)
 
 
-def find_by_idempotency_key(session: Session, run_id: int, key: str | None) -> Registered | None:
-    """The artifact an earlier request with this Idempotency-Key created, if any."""
+def find_by_idempotency_key(session: Session, key: str | None) -> Registered | None:
+    """The artifact an earlier request with this Idempotency-Key created, on any run (the key is unique)."""
     if not key:
         return None
-    artifact = session.scalar(select(Artifact).where(Artifact.run_id == run_id, Artifact.idempotency_key == key))
+    artifact = session.scalar(select(Artifact).where(Artifact.idempotency_key == key))
     if artifact is None:
         return None
     return Registered(artifact, list(artifact.evaluations), deduplicated=True)
@@ -259,7 +265,12 @@ def embedding_cache_key(checkpoint_sha: str, dataset_hash: str, params: dict) ->
 
 def find_cached_embeddings(session: Session, store: ArtifactStore, cache_key: str,
                            checkpoint_sha: str) -> Artifact | None:
-    """Derived embeddings stored under `cache_key` whose parent checkpoint has exactly these bytes."""
+    """Derived embeddings stored under `cache_key` whose parent checkpoint has exactly these bytes.
+
+    A hit may come from another run and another token's upload: that is legitimate reuse, because only the server
+    sets `cache_key` (derived_target) and only a worker holding the embed step's claim uploads under it, and a
+    worker token uploads nothing else (api.artifacts._check_scope). So every row found here is the output of a
+    real, sandboxed embed step of a checkpoint with this sha256, on this dataset content and preprocessing."""
     checkpoint = aliased(Artifact)
     rows = session.scalars(select(Artifact).join(checkpoint, Artifact.parent_id == checkpoint.id).where(
         Artifact.cache_key == cache_key, Artifact.kind == "embeddings", checkpoint.kind == "checkpoint",

@@ -73,8 +73,10 @@ def test_scopes_grant_what_they_say(api, anon, run_id):
     assert anon.post(f"/api/v1/evaluations/{eid}/result", json={"metrics": {"rankme": 1e9}},
                      headers=bearer(write)).status_code == 403
     assert anon.post(f"/api/v1/evaluations/{eid}/claim", json=claim, headers=bearer(worker)).status_code == 200
-    # workers upload derived embeddings, but cannot administer tokens or create runs
-    assert upload(anon, run_id, bearer(worker)).status_code == 202
+    # workers upload only an embed step's derived embeddings (tests/unit/test_trust_uploads.py), never plain
+    # files; nor do they administer tokens or create runs
+    plain = upload(anon, run_id, bearer(worker))
+    assert plain.status_code == 403 and "lacks the write scope" in plain.json()["detail"]
     assert anon.get("/api/v1/tokens", headers=bearer(worker)).status_code == 403
     assert anon.post("/api/v1/runs", json={"project": "p", "name": "y"}, headers=bearer(worker)).status_code == 403
     assert anon.get("/api/v1/tokens", headers=bearer(write)).status_code == 403

@@ -98,3 +98,51 @@ def test_rotating_a_bootstrap_secret_signs_its_browsers_out(api, app):
     assert browser.get("/api/v1/whoami").json()["name"] == "bootstrap-worker"
     bootstrap_tokens(app.state.sessionmaker, app.state.settings.model_copy(update={"worker_token": "rs_rotated-1"}))
     assert browser.get("/api/v1/whoami").json()["via"] == "anonymous"
+
+
+# ---- non-ASCII secrets: hmac.compare_digest(str, str) raised TypeError, every page answered 500 ----------------
+def _raw_client(app, **kwargs) -> TestClient:
+    return TestClient(app, raise_server_exceptions=False, **kwargs)
+
+
+def test_a_non_ascii_session_cookie_is_anonymous_not_a_500(api, app):
+    browser = TestClient(app)
+    login(browser, make_token(api, "uma", "read"))
+    good = browser.cookies.get("repscope_session")
+    session_id, sig = good.split(".")
+    # sent raw: Starlette decodes header bytes as latin-1, so b"\xc3\xa9" arrives as two non-ASCII characters
+    for cookie in (b"abc.\xc3\xa9", b"\xc3\xa9.abc", f"{session_id}.{sig[:-1]}".encode() + b"\xe9",
+                   session_id.encode() + b"\xc3\xa9." + sig.encode()):
+        client = _raw_client(app, headers={"Cookie": b"repscope_session=" + cookie})
+        assert client.get("/api/v1/whoami").json() == {"name": "anonymous", "scopes": [], "via": "anonymous"}
+        page = client.get("/", follow_redirects=False)
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=%2F"
+        assert client.get("/login").status_code == 200
+    assert _whoami(app, good)["name"] == "uma"  # the control: the real cookie still works
+
+
+def test_a_non_ascii_login_csrf_is_a_403_form_expired(api, app):
+    secret = make_token(api, "vic", "read")
+    for sent, cookie in (("%C3%A9", b"abc"), ("abc", b"\xc3\xa9"), ("%C3%A9", b"\xc3\xa9")):
+        client = _raw_client(app, headers={"Cookie": b"repscope_login_csrf=" + cookie})
+        response = client.post("/login", content=f"token={secret}&login_csrf={sent}",
+                               headers={"Content-Type": "application/x-www-form-urlencoded"}, follow_redirects=False)
+        assert response.status_code == 403 and "The form expired" in response.text
+        assert "repscope_session" not in response.cookies
+    assert _sessions(app) == []
+
+
+def test_a_non_ascii_csrf_header_or_form_field_is_a_403(api, app):
+    browser = _raw_client(app)
+    login(browser, make_token(api, "wes", "write"))
+    [row] = _sessions(app)
+    runs_before = api.get("/api/v1/runs").json()
+    for header in (b"\xe9", b"\xc3\xa9", "é".encode()):
+        response = browser.post("/api/v1/runs", json={"project": "p", "name": "csrf"}, headers={"X-CSRF-Token": header})
+        assert response.status_code == 403 and "CSRF token" in response.json()["detail"]
+    assert api.get("/api/v1/runs").json() == runs_before  # nothing created
+    logout = browser.post("/logout", content="csrf_token=%C3%A9",
+                          headers={"Content-Type": "application/x-www-form-urlencoded"}, follow_redirects=False)
+    assert logout.status_code == 403 and "CSRF token" in logout.json()["detail"]
+    assert [s.id for s in _sessions(app)] == [row.id]  # the session survives a forged logout
+    assert browser.get("/api/v1/whoami").json()["name"] == "wes"

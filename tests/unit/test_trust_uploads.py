@@ -12,6 +12,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from backend.models import Artifact, Evaluation
 from backend.services import artifacts as artifact_service
@@ -91,6 +92,33 @@ def test_only_worker_tokens_attach_derived_embeddings(api, app, settings, run_id
     half = post(api, run_id, "z.npz", perfect_embeddings(), WORKER, evaluation=embed_id)
     assert half.status_code == 422 and "'claim'" in half.json()["detail"]
     assert nothing_stored(app, settings, 1)
+
+
+def test_a_worker_token_uploads_only_an_embed_steps_embeddings(api, app, settings, run_id):
+    """The red team's follow-up: with a worker-only token, upload a victim's checkpoint bytes into any run, claim
+    that copy's embed step and attach one-hot embeddings: the victim's later upload hit the planted cache entry."""
+    ckpt = checkpoint_bytes()
+    worker_only = bearer(make_token(api, "wk2", "worker"))
+    for headers in (worker_only, WORKER):
+        as_checkpoint = post(api, run_id, "enc.pt", ckpt, headers, kind="checkpoint", step=15)
+        plain = post(api, run_id, "z.npz", perfect_embeddings(), headers, step=15)
+        for refused in (as_checkpoint, plain):
+            assert refused.status_code == 403, refused.text
+            assert "lacks the write scope" in refused.json()["detail"]
+            assert "'evaluation' and 'claim'" in refused.json()["detail"]
+    assert nothing_stored(app, settings, 0) and stored_files(settings) == [] and queued_messages(settings) == []
+    # the victim's checkpoint is embedded for real: no planted cache entry exists to reuse
+    mine = make_run(api, "victim")
+    victim = post(api, mine, "mine.pt", ckpt, bearer(make_token(api, "w2", "write")), kind="checkpoint", step=16)
+    assert victim.status_code == 202
+    assert [(e["suite"], e["status"]) for e in victim.json()["evaluations"]] == [("embed", "queued")]
+    # the controls: a worker still attaches the embeddings of the embed step it holds the claim of, and a token
+    # with both scopes uploads plain embeddings too
+    _, derived = attach(api, mine, victim.json()["evaluations"][0]["id"], honest_embeddings(), worker_only)
+    assert derived.status_code == 202, derived.text
+    both = bearer(make_token(api, "ci", "write", "worker"))
+    assert post(api, run_id, "z.npz", honest_embeddings(), both, step=1).status_code == 202
+    assert count(app, Artifact) == 3
 
 
 def test_a_worker_with_a_wrong_claim_cannot_attach_derived_embeddings(api, app, settings, run_id):
@@ -272,3 +300,79 @@ def test_the_loser_of_an_upload_race_answers_with_the_winner(api, app, settings,
     with app.state.sessionmaker() as session:
         keys = session.scalars(select(Artifact.dedupe_key)).all()
     assert keys == [calls[0]]
+
+
+# ---- Idempotency-Key across runs: a key names one request of one token on one run ---------------------------------
+def test_idempotency_key_reused_on_another_run_is_a_409(api, app, settings, run_id):
+    alice, bob = bearer(make_token(api, "alice", "write")), bearer(make_token(api, "bob", "write"))
+    other_run = make_run(api, "other")
+    z, other_z = npy_bytes(np.eye(6, dtype=np.float32)), npy_bytes(2 * np.eye(6, dtype=np.float32))
+
+    def send(headers: dict, run: int, content: bytes):  # noqa: ANN202
+        return post(api, run, "z.npy", content, {**headers, "Idempotency-Key": "job-3:step-7"}, step=7)
+
+    first = send(alice, run_id, z)
+    assert first.status_code == 202
+    for content in (other_z, z):  # another body, and even the very same request, aimed at another run
+        moved = send(alice, other_run, content)
+        assert moved.status_code == 409, moved.text
+        assert moved.json()["detail"] == (f"Idempotency-Key 'job-3:step-7' was already used on run {run_id}, not run "
+                                          f"{other_run}; use a new key for a new upload")
+    stranger = send(bob, other_run, other_z)
+    assert stranger.status_code == 409 and "by another token" in stranger.json()["detail"]
+    assert send(alice, run_id, z).json()["deduplicated"] is True  # the control: the true retry
+    assert nothing_stored(app, settings, 1) and len(stored_files(settings)) == 1
+    assert api.get(f"/api/v1/runs/{other_run}/artifacts").json() == []
+
+
+def test_a_cross_run_key_race_is_decided_by_the_unique_key(api, app, settings, run_id, monkeypatch):
+    """Both requests look the key up before either commits (the pre-check forced to miss): the database's unique
+    Idempotency-Key constraint refuses the second insert, which then answers 409 naming the winner's run."""
+    alice = bearer(make_token(api, "alice", "write"))
+    headers = {**alice, "Idempotency-Key": "race:key-1"}
+    assert post(api, run_id, "z.npy", npy_bytes(np.eye(4, dtype=np.float32)), headers, step=1).status_code == 202
+    real, calls = artifact_service.find_by_idempotency_key, []
+
+    def racing(session, key):  # noqa: ANN001, ANN202
+        calls.append(key)
+        return None if len(calls) == 1 else real(session, key)
+
+    monkeypatch.setattr(artifact_service, "find_by_idempotency_key", racing)
+    monkeypatch.setattr("backend.api.artifacts.find_by_idempotency_key", racing)
+    other_run = make_run(api, "other")
+    loser = post(api, other_run, "z.npy", npy_bytes(3 * np.eye(4, dtype=np.float32)), headers, step=1)
+    assert loser.status_code == 409 and len(calls) == 2
+    assert f"already used on run {run_id}, not run {other_run}" in loser.json()["detail"]
+    assert nothing_stored(app, settings, 1) and len(stored_files(settings)) == 1
+    assert len(queued_messages(settings)) == 1
+
+
+def test_migration_makes_idempotency_keys_global_and_matches_the_models(tmp_path):
+    """0005 on a database whose key was reused across runs (allowed before): the first row keeps it, then the
+    unique key holds, and the migrated schema is exactly models.py's."""
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine, text
+
+    from backend.migrate import alembic_config
+    from backend.models import Base
+
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    command.upgrade(alembic_config(url), "0004")
+    engine = create_engine(url)
+    with engine.begin() as db:
+        db.execute(text("INSERT INTO projects (id, name, created_at) VALUES (1, 'p', CURRENT_TIMESTAMP)"))
+        db.execute(text("INSERT INTO runs (id, project_id, name, config, tags, created_at) VALUES "
+                        "(1, 1, 'a', '{}', '[]', CURRENT_TIMESTAMP), (2, 1, 'b', '{}', '[]', CURRENT_TIMESTAMP)"))
+        for id_, run, key in ((1, 1, "k-shared"), (2, 2, "k-shared"), (3, 2, "k-own")):
+            db.execute(text("INSERT INTO artifacts (id, run_id, step, kind, format, sha256, bytes, storage_key, meta, "
+                            "idempotency_key, created_at) VALUES (:id, :run, 0, 'embeddings', 'npy', 'x', 1, 's', "
+                            "'{}', :key, CURRENT_TIMESTAMP)"), {"id": id_, "run": run, "key": key})
+    command.upgrade(alembic_config(url), "head")
+    with engine.begin() as db:
+        keys = db.execute(text("SELECT id, idempotency_key FROM artifacts ORDER BY id")).all()
+        assert [tuple(r) for r in keys] == [(1, "k-shared"), (2, None), (3, "k-own")]
+        assert compare_metadata(MigrationContext.configure(db), Base.metadata) == []
+        with pytest.raises(IntegrityError):
+            db.execute(text("UPDATE artifacts SET idempotency_key = 'k-shared' WHERE id = 3"))

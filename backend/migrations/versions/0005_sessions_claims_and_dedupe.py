@@ -1,4 +1,4 @@
-"""browser sessions, claim ids, idempotency owners and the artifact dedupe constraint
+"""browser sessions, claim ids, idempotency owners, global idempotency keys and the artifact dedupe constraint
 
 Revision ID: 0005
 Revises: 0004
@@ -6,7 +6,9 @@ Create Date: 2026-12-01
 
 Evaluations running at upgrade time have no claim hash: their workers' writes are refused (409) and the
 sweeper hands them on when the lease expires. Artifacts stored before this revision keep a NULL dedupe key
-(NULLs never collide in a unique constraint, on SQLite and PostgreSQL alike).
+(NULLs never collide in a unique constraint, on SQLite and PostgreSQL alike). An Idempotency-Key becomes unique
+across runs: where older rows share one, the first keeps it and the later ones lose theirs (a retry of those
+answers 409, as a key reused on another run now does).
 """
 
 from __future__ import annotations
@@ -53,10 +55,17 @@ def upgrade() -> None:
             ondelete="SET NULL",
         )
         batch_op.create_unique_constraint("uq_artifact_dedupe", ["run_id", "dedupe_key"])
+        batch_op.drop_constraint("uq_artifact_idempotency", type_="unique")
+    op.execute("UPDATE artifacts SET idempotency_key = NULL WHERE idempotency_key IS NOT NULL AND id NOT IN "
+               "(SELECT MIN(id) FROM artifacts WHERE idempotency_key IS NOT NULL GROUP BY idempotency_key)")
+    with op.batch_alter_table("artifacts", schema=None) as batch_op:
+        batch_op.create_unique_constraint("uq_artifact_idempotency_key", ["idempotency_key"])
 
 
 def downgrade() -> None:
     with op.batch_alter_table("artifacts", schema=None) as batch_op:
+        batch_op.drop_constraint("uq_artifact_idempotency_key", type_="unique")
+        batch_op.create_unique_constraint("uq_artifact_idempotency", ["run_id", "idempotency_key"])
         batch_op.drop_constraint("uq_artifact_dedupe", type_="unique")
         batch_op.drop_constraint("fk_artifacts_idempotency_token_id", type_="foreignkey")
         batch_op.drop_column("dedupe_key")
