@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     _document_auth(app)
     app.add_middleware(BodyLimitMiddleware, max_json_bytes=settings.max_json_bytes,
                        max_result_bytes=settings.max_result_bytes, max_json_depth=settings.max_json_depth,
-                       idle_timeout_s=settings.upload_idle_timeout_s)
+                       idle_timeout_s=settings.upload_idle_timeout_s, min_bytes_per_s=settings.upload_min_bytes_per_s)
     app.add_middleware(SecurityHeadersMiddleware)  # last: outermost, so every response gets the headers
     return app
 
@@ -179,13 +180,34 @@ def _install_error_handlers(app: FastAPI) -> None:
         """One readable sentence per problem, e.g. "body.name: String should have at least 1 character"."""
         parts = []
         for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()))
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+            where = ".".join(_text(str(p)) for p in err.get("loc", ()))
+            parts.append(f"{where}: {_text(str(err.get('msg', 'invalid')))}")
         return JSONResponse({"detail": "; ".join(parts) or "invalid request", "errors": _jsonable(exc.errors())},
                             status_code=422)
 
 
 def _jsonable(errors: list[dict]) -> list[dict]:
-    """Pydantic's error dicts as the documented ErrorItem: `loc` a list (pydantic gives a tuple), no `ctx`."""
-    return [{k: (list(v) if isinstance(v, tuple) else v if isinstance(v, str | int | float | list | type(None))
-                 else str(v)) for k, v in e.items() if k != "ctx"} for e in errors]
+    """Pydantic's error dicts as the documented ErrorItem: `loc` a list (pydantic gives a tuple), no `ctx`, and
+    whatever they echo made encodable (a lone surrogate or a NaN in `input` made this handler itself a 500)."""
+    return [{k: _echo(v if isinstance(v, str | int | float | list | tuple | type(None)) else str(v))
+             for k, v in e.items() if k != "ctx"} for e in errors]
+
+
+def _echo(value: object) -> object:
+    """`value` as strict JSON can carry it: strings valid UTF-8, no NaN/Infinity, containers walked."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bool | int | float | type(None)):
+        return value
+    if isinstance(value, list | tuple):
+        return [_echo(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(str(k)): _echo(v) for k, v in value.items()}
+    return _text(str(value))
+
+
+def _text(value: str) -> str:
+    """`value` with lone surrogates spelled as \\udXXX escapes, so it encodes as UTF-8."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")

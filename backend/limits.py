@@ -3,21 +3,27 @@
 Uploads (artifacts, datasets) stream through backend.multipart with REPSCOPE_MAX_UPLOAD_BYTES. Any other
 body is counted as it arrives and refused with 413 as soon as it passes its limit (a declared
 Content-Length over the limit is refused before a byte is read): REPSCOPE_MAX_RESULT_BYTES for a worker's
-result (it carries figure data), REPSCOPE_MAX_JSON_BYTES for the rest. A body that stalls for
-REPSCOPE_UPLOAD_IDLE_TIMEOUT_S is answered 408.
+result (it carries figure data), REPSCOPE_MAX_JSON_BYTES for the rest. Slow bodies are answered 408: one that
+sends nothing for REPSCOPE_UPLOAD_IDLE_TIMEOUT_S, a JSON body (at most 1 MiB) that has not arrived whole within
+that time (a byte every 50 s kept one open for ever), and a worker's result or an upload (backend.multipart)
+whose average rate falls below REPSCOPE_UPLOAD_MIN_BYTES_PER_S, checked once per idle-timeout window.
 
 A JSON body is then checked on its bytes, before any parser recurses into it: nesting deeper than
 REPSCOPE_MAX_JSON_DEPTH is a 422 (a 400-level config was stored and then broke every listing that serialized
-it), and bytes that are not UTF-8 or a \\uD800-style escape without its pair are a 400 (Python's json accepts
-lone surrogates; the database driver and the response encoder then fail on them). A URL's path or query, or a
-urlencoded form, that is not UTF-8 once percent-decoded is a 400 as well.
+it). A 400 for bytes that are not UTF-8 (RFC 8259 §8.1: json.loads would auto-detect UTF-16/32, where the
+escape scan below cannot see), a \\uD800-style escape without its pair (Python's json accepts lone surrogates;
+the database driver and the response encoder then fail on them) and a NUL, raw or \\u0000 (PostgreSQL text
+cannot hold one). Once these pass, no decoded string can hold a surrogate or a NUL. A URL's path or query, or a
+urlencoded form, that is not UTF-8 or holds a NUL once percent-decoded is a 400 as well.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.message
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -35,36 +41,48 @@ Send = Callable[[dict], Awaitable[None]]
 
 class BodyLimitMiddleware:
     def __init__(self, app: Callable, *, max_json_bytes: int, max_result_bytes: int, max_json_depth: int = 64,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, min_bytes_per_s: float = 1024.0) -> None:
         self.app = app
         self.max_json_bytes = max_json_bytes
         self.max_result_bytes = max_result_bytes
         self.max_json_depth = max_json_depth
         self.idle_timeout_s = idle_timeout_s
+        self.min_bytes_per_s = min_bytes_per_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        for part, raw in (("path", scope.get("raw_path") or b""), ("query string", scope.get("query_string", b""))):
-            if not _utf8_once_decoded(raw):
-                return await _reply(send, 400, f"the URL's {part} is not valid UTF-8 once percent-decoded")
+        raw_path = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "surrogatepass")
+        for part, raw in (("path", raw_path), ("query string", scope.get("query_string", b""))):
+            problem = _url_text_problem(raw)
+            if problem is not None:
+                return await _reply(send, 400, f"the URL's {part} {problem}")
         if scope["method"] not in BODY_METHODS:
             return await self.app(scope, receive, send)
         path = scope["path"]
         if scope["method"] == "POST" and any(p.match(path) for p in STREAMED_UPLOADS):
             return await self.app(scope, receive, send)
-        limit = self.max_result_bytes if RESULT_PATH.match(path) else self.max_json_bytes
+        is_result = RESULT_PATH.match(path) is not None
+        limit = self.max_result_bytes if is_result else self.max_json_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             return await _too_large(send, limit)
+        idle = self.idle_timeout_s
+        # A result may be large: it must keep up a minimum rate. Any other body is small: it must arrive whole.
+        pace = Pace(idle, self.min_bytes_per_s) if is_result else None
+        deadline = time.monotonic() + idle
         chunks: list[bytes] = []
         size = 0
         while True:
+            wait = idle if pace else min(idle, deadline - time.monotonic())
             try:
-                async with asyncio.timeout(self.idle_timeout_s):
+                async with asyncio.timeout(max(wait, 0.0)):
                     message = await receive()
             except TimeoutError:
-                return await _reply(send, 408, f"request body stalled: nothing arrived for {self.idle_timeout_s:g} s")
+                if len(chunks) <= 1:  # nothing came after the first batch: a stall, not a trickle
+                    return await _reply(send, 408, f"request body stalled: nothing arrived for {idle:g} s")
+                return await _reply(send, 408, f"request body too slow: a JSON body must arrive whole within "
+                                               f"{idle:g} s (REPSCOPE_UPLOAD_IDLE_TIMEOUT_S); {size} bytes came")
             if message["type"] == "http.disconnect":
                 return None
             body = message.get("body", b"")
@@ -74,20 +92,47 @@ class BodyLimitMiddleware:
             chunks.append(body)
             if not message.get("more_body", False):
                 break
+            slow = pace.too_slow(size) if pace else None
+            if slow is not None:
+                return await _reply(send, 408, slow)
         body = b"".join(chunks)
         kind = _body_kind(scope)
         if kind == "json":
             problem = check_json_bytes(body, self.max_json_depth)
             if problem is not None:
                 return await _reply(send, *problem)
-        elif kind == "form" and not _utf8_once_decoded(body):
-            return await _reply(send, 400, "the form body is not valid UTF-8 once percent-decoded")
+        elif kind == "form":
+            problem = _url_text_problem(body)
+            if problem is not None:
+                return await _reply(send, 400, f"the form body {problem}")
         buffered = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def replay() -> dict:
             return buffered.pop() if buffered else await receive()
 
         return await self.app(scope, replay, send)
+
+
+class Pace:
+    """A body's average rate, checked once per window from the end of the first one: a client sending a byte
+    just inside every idle timeout would otherwise hold a connection (and a temp file) for as long as it liked."""
+
+    def __init__(self, window_s: float, min_bytes_per_s: float) -> None:
+        self.window_s, self.min_bytes_per_s = window_s, min_bytes_per_s
+        self.started = time.monotonic()
+        self.next_check = self.started + window_s
+
+    def too_slow(self, received: int) -> str | None:
+        """The 408 message when `received` bytes so far are below the rate at a window's end, else None."""
+        now = time.monotonic()
+        if now < self.next_check or self.min_bytes_per_s <= 0:
+            return None
+        self.next_check = now + self.window_s
+        elapsed = now - self.started
+        if received >= self.min_bytes_per_s * elapsed:
+            return None
+        return (f"upload too slow: {received} bytes in {elapsed:.0f} s, under the minimum of "
+                f"{self.min_bytes_per_s:g} bytes/s (REPSCOPE_UPLOAD_MIN_BYTES_PER_S)")
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -114,44 +159,75 @@ async def _reply(send: Send, status: int, detail: str) -> None:
 
 # --- JSON on the wire -------------------------------------------------------------------------------------
 
-_JSON_TYPE = re.compile(rb"^application/([a-z0-9.+-]*\+)?json\s*(;|$)", re.I)
-_FORM_TYPE = re.compile(rb"^application/x-www-form-urlencoded\s*(;|$)", re.I)
+_FORM_TYPE = b"application/x-www-form-urlencoded"
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)  # a JSON string literal, escapes included
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _STEP = bytes.maketrans(b"[{]}", bytes([1, 1, 255, 255]))  # +1 / -1 as int8
 _MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 _ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.S)
+_NUL_ESCAPE = re.compile(rb"\\u0000")
+_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32-BE"), (b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\xef\xbb\xbf", "UTF-8"),
+         (b"\xfe\xff", "UTF-16-BE"), (b"\xff\xfe", "UTF-16-LE"))
+UTF8_ONLY = "JSON bodies must be UTF-8 (RFC 8259 §8.1)"
 
 
 def _body_kind(scope: Scope) -> str | None:
-    """"json" when FastAPI would parse the body as JSON (it says so, or says nothing), "form" for a urlencoded
-    form, else None (multipart parts are checked by backend.multipart)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"content-type":
-            value = value.strip()
-            return "json" if _JSON_TYPE.match(value) else "form" if _FORM_TYPE.match(value) else None
-    return "json"
+    """"json" exactly when FastAPI would parse the body as JSON (its own test, copied: no Content-Type, or
+    application/json or application/<anything>+json), "form" for what pages_auth reads as a urlencoded form,
+    else None (multipart parts are checked by backend.multipart)."""
+    value = next((v for n, v in scope.get("headers", ()) if n == b"content-type"), b"")
+    if not value:
+        return "json"
+    if value.lstrip().lower().startswith(_FORM_TYPE):
+        return "form"
+    message = email.message.Message()
+    message["content-type"] = value.decode("latin-1")
+    subtype = message.get_content_subtype()
+    if message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json")):
+        return "json"
+    return None
 
 
-def _utf8_once_decoded(raw: bytes) -> bool:
-    """Whether URL-encoded text decodes as strict UTF-8: Starlette would silently replace bad bytes with U+FFFD,
-    so a name or search term would not be what the client sent."""
-    if raw.isascii() and b"%" not in raw:
-        return True
+def _url_text_problem(raw: bytes) -> str | None:
+    """What is wrong with URL-encoded text once percent-decoded, else None: bytes that are not strict UTF-8
+    (Starlette would silently replace them with U+FFFD, so a name or search term would not be what the client
+    sent), or a NUL (PostgreSQL text cannot hold one: every query using it was a 500)."""
+    if raw.isascii() and b"%" not in raw and b"\x00" not in raw:
+        return None
+    decoded = unquote_to_bytes(raw.replace(b"+", b" "))
     try:
-        unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8")
+        decoded.decode("utf-8")
     except UnicodeDecodeError:
-        return False
-    return True
+        return "is not valid UTF-8 once percent-decoded"
+    if b"\x00" in decoded:
+        return "contains a NUL character (%00), which no name or text field can hold"
+    return None
 
 
-def check_json_bytes(body: bytes, max_depth: int) -> tuple[int, str] | None:
-    """(status, detail) for a JSON body that must not reach the parser, else None. Linear, no recursion."""
+def _encoding_problem(body: bytes) -> str | None:
+    """Why `body` is not UTF-8 JSON text, else None. json.loads(bytes) would guess UTF-16/32 from a BOM or from
+    the NUL bytes of ASCII text in those encodings, and the escape checks below only read UTF-8."""
+    for bom, name in _BOMS:
+        if body.startswith(bom):
+            return f"{UTF8_ONLY}, without a byte order mark; this body starts with a {name} one"
+    if b"\x00" in body:
+        guess = json.detect_encoding(body)
+        if guess != "utf-8":
+            return f"{UTF8_ONLY}; this body looks like {guess.upper()}"
+        return f"{UTF8_ONLY} text: this body has a raw NUL byte at byte {body.index(0)}"
     if not body.isascii():
         try:
             body.decode("utf-8")  # strict: also refuses UTF-8-encoded surrogates, which json.loads lets through
         except UnicodeDecodeError as exc:
-            return 400, f"request body is not valid UTF-8 (at byte {exc.start}); JSON must be UTF-8 encoded"
+            return f"request body is not valid UTF-8 (at byte {exc.start}); {UTF8_ONLY}"
+    return None
+
+
+def check_json_bytes(body: bytes, max_depth: int) -> tuple[int, str] | None:
+    """(status, detail) for a JSON body that must not reach the parser, else None. Linear, no recursion."""
+    problem = _encoding_problem(body)
+    if problem is not None:
+        return 400, problem
     if body.count(b"[") + body.count(b"{") > max_depth:  # else it cannot nest deeper: skip the scan
         depth = json_bytes_depth(body)
         if depth > max_depth:
@@ -161,6 +237,10 @@ def check_json_bytes(body: bytes, max_depth: int) -> tuple[int, str] | None:
     if at is not None:
         return 400, (f"JSON body has an unpaired UTF-16 surrogate escape at byte {at} "
                      f"({body[at:at + 6].decode('ascii', 'replace')}); strings must be valid Unicode")
+    at = nul_escape(body)
+    if at is not None:
+        return 400, (f"JSON body has a NUL character (\\u0000) at byte {at}; no name or text field can hold one "
+                     "(PostgreSQL text cannot)")
     return None
 
 
@@ -189,6 +269,16 @@ def lone_surrogate(body: bytes) -> int | None:
         elif code is not None and 0xDC00 <= code <= 0xDFFF:
             return m.start()
     return high.start() if high is not None else None
+
+
+def nul_escape(body: bytes) -> int | None:
+    """Byte offset of a \\u0000 escape (not an escaped backslash followed by "u0000"), else None."""
+    if not _NUL_ESCAPE.search(body):
+        return None
+    for m in _ESCAPE.finditer(body):
+        if m.group(1) == b"0000":
+            return m.start()
+    return None
 
 
 # --- JSON read back -----------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 Starlette's form parser spools files into the system temp dir first; this one writes into the data dir while
 hashing, enforces the byte limit as the body arrives, and keeps text fields small, so the API process never
 holds a whole upload in memory and never writes it twice. A client that stops sending for the idle timeout
-(REPSCOPE_UPLOAD_IDLE_TIMEOUT_S) gets a 408 and its partial file is removed: no server holds a temp file and a
-connection open for a stalled upload.
+(REPSCOPE_UPLOAD_IDLE_TIMEOUT_S), or whose average rate is below REPSCOPE_UPLOAD_MIN_BYTES_PER_S at the end of
+an idle-timeout window (a byte every 50 s never trips the idle timeout), gets a 408 and its partial file is
+removed: no server holds a temp file and a connection open for a stalled upload. A text field or file name
+holding a NUL is a 422 (PostgreSQL text cannot store one).
 """
 
 from __future__ import annotations
@@ -17,19 +19,25 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
+from backend.limits import Pace
 from backend.storage import ArtifactStore, IncomingFile, Received
 
 MAX_FIELDS = 32
 MAX_FIELD_BYTES = 64 * 1024
 DEFAULT_IDLE_TIMEOUT_S = 60.0
+DEFAULT_MIN_BYTES_PER_S = 1024.0
 
 
 class MultipartError(ValueError):
     """The request body is not acceptable multipart form data; the message says why."""
 
 
+class FieldHasNul(MultipartError):
+    """A text field or the file name holds a NUL character (a 422: the form is well-formed, a value is not)."""
+
+
 class UploadStalled(Exception):
-    """No byte of the body arrived for the idle timeout."""
+    """No byte of the body arrived for the idle timeout, or the body arrives slower than the minimum rate."""
 
 
 @dataclass
@@ -76,6 +84,8 @@ class _Collector:
                 raise MultipartError(f"unexpected file field {self._name!r}; send the file as {self.file_field!r}")
             if self.incoming is not None:
                 raise MultipartError(f"only one {self.file_field!r} part is accepted")
+            if b"\x00" in options[b"filename"]:
+                raise FieldHasNul(f"the file name of {self._name!r} contains a NUL character")
             self.form.filename = options[b"filename"].decode("utf-8", "replace")
             self.incoming = self.store.incoming(self.limit)
         else:
@@ -97,6 +107,8 @@ class _Collector:
                 self.form.fields[self._name] = self._text.decode("utf-8")
             except UnicodeDecodeError:
                 raise MultipartError(f"form field {self._name!r} is not valid UTF-8") from None
+            if "\x00" in self.form.fields[self._name] or "\x00" in self._name:
+                raise FieldHasNul(f"form field {self._name!r} contains a NUL character, which no value can hold")
             self._text = None
 
     def callbacks(self) -> dict:
@@ -105,8 +117,12 @@ class _Collector:
             "on_headers_finished", "on_part_data", "on_part_end")}
 
 
-async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
-    """request.stream() with a deadline on every receive: UploadStalled when the client goes quiet."""
+async def body_chunks(request: Request, idle_timeout_s: float,
+                      min_bytes_per_s: float = DEFAULT_MIN_BYTES_PER_S) -> AsyncIterator[bytes]:
+    """request.stream() with a deadline on every receive and a minimum average rate: UploadStalled when the
+    client goes quiet or trickles."""
+    pace = Pace(idle_timeout_s, min_bytes_per_s)
+    received = 0
     while True:
         try:
             async with asyncio.timeout(idle_timeout_s):  # no extra task per chunk, unlike wait_for
@@ -116,14 +132,18 @@ async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         if message.get("body"):
+            received += len(message["body"])
             yield message["body"]
         if not message.get("more_body", False):
             return
+        slow = pace.too_slow(received)
+        if slow is not None:
+            raise UploadStalled(slow)
 
 
-def _idle_timeout(request: Request) -> float:
+def _setting(request: Request, name: str, default: float) -> float:
     settings = getattr(request.app.state, "settings", None) if "app" in request.scope else None
-    return getattr(settings, "upload_idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)
+    return getattr(settings, name, default)
 
 
 async def receive_upload(request: Request, store: ArtifactStore, limit: int, file_field: str = "file",
@@ -135,9 +155,11 @@ async def receive_upload(request: Request, store: ArtifactStore, limit: int, fil
         raise MultipartError("expected a multipart/form-data body with a 'file' part")
     collector = _Collector(store, limit, file_field)
     parser = MultipartParser(options[b"boundary"], collector.callbacks())
-    timeout = idle_timeout_s if idle_timeout_s is not None else _idle_timeout(request)
+    timeout = idle_timeout_s if idle_timeout_s is not None else _setting(
+        request, "upload_idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S)
+    min_rate = _setting(request, "upload_min_bytes_per_s", DEFAULT_MIN_BYTES_PER_S)
     try:
-        async for chunk in body_chunks(request, timeout):
+        async for chunk in body_chunks(request, timeout, min_rate):
             parser.write(chunk)
         parser.finalize()
         if parser.state != MultipartState.END:
@@ -156,8 +178,9 @@ async def receive_upload(request: Request, store: ArtifactStore, limit: int, fil
 
 
 async def receive_file_or_4xx(request: Request, store: ArtifactStore, limit: int) -> UploadForm:
-    """receive_upload for a route: 413 past the size limit, 400 for a malformed body or a missing 'file', 408
-    for a body that stalls (the connection is closed: the rest of the body is never read)."""
+    """receive_upload for a route: 413 past the size limit, 400 for a malformed body or a missing 'file', 422
+    for a NUL in a field, 408 for a body that stalls or trickles (the connection is closed: the rest of the body
+    is never read)."""
     from fastapi import HTTPException
 
     from backend.storage import UploadTooLarge
@@ -166,6 +189,8 @@ async def receive_file_or_4xx(request: Request, store: ArtifactStore, limit: int
         form = await receive_upload(request, store, limit)
     except UploadTooLarge as exc:
         raise HTTPException(413, str(exc)) from None
+    except FieldHasNul as exc:
+        raise HTTPException(422, str(exc)) from None
     except MultipartError as exc:
         raise HTTPException(400, str(exc)) from None
     except UploadStalled as exc:

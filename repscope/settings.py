@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     max_elements: int = 4_000_000_000  # N x D of one embeddings file
     # A body that sends nothing for this long is dropped (408) and its temp file removed.
     upload_idle_timeout_s: float = Field(default=60.0, gt=0)
+    # An upload or worker result averaging less than this (checked once per idle-timeout window) is a 408: a
+    # byte every 50 s never trips the idle timeout. 0 turns it off. Other JSON bodies must arrive whole within
+    # upload_idle_timeout_s.
+    upload_min_bytes_per_s: float = Field(default=1024.0, ge=0)
     # Every .npz (embeddings and datasets), checked on its zip directory before any member is inflated: the
     # declared total (None: max_upload_bytes, so compression never admits more than an uncompressed upload
     # could), and each member's compression ratio from zip_ratio_min_bytes up (sorted labels compress well).

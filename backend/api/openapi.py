@@ -2,8 +2,9 @@
 
 Each operation documents the 4xx codes it can actually return, with one error model (`Error`), so clients and
 schemathesis (`status_code_conformance`, `response_schema_conformance`) can hold the API to them:
-401/403/429 where an auth dependency (`require_*`) guards it, 404 where the path names an object, 400/413 where
-it takes a body, 408 where that body is a streamed multipart upload, 422 wherever it has parameters or a body.
+401/403/429 where an auth dependency (`require_*`) guards it, 404 where the path names an object, 400 where it
+has parameters (a path or query that is not UTF-8 or holds a NUL: backend.limits) or a body, 413 where it takes a
+body, 408 where that body is a streamed multipart upload, 422 wherever it has parameters or a body.
 Codes only a route knows about (409 from a service's Conflict, 410) are declared on the route with `responses=`;
 this module gives them the error model and a description. Parameters lose FastAPI's `null` alternative: a
 query string or path has no null (an optional parameter is one that is not required).
@@ -44,7 +45,8 @@ FASTAPI_ERROR_SCHEMAS = ("HTTPValidationError", "ValidationError")  # replaced b
 
 # Default descriptions; a route's own `responses={code: {"description": ...}}` wins.
 DESCRIPTIONS = {
-    400: "Malformed request: the body is not well-formed JSON or UTF-8, or a header is malformed",
+    400: "Malformed request: the body is not well-formed UTF-8 JSON, the path, query or body is not UTF-8 or holds "
+         "a NUL character, or a header is malformed",
     401: "No credentials, or a malformed, unknown or revoked API token",
     403: "The token lacks the scope this operation needs (or a browser request lacks its CSRF token)",
     404: "The object the path names does not exist",
@@ -55,7 +57,8 @@ DESCRIPTIONS = {
     422: "Invalid parameters or body; `errors` lists each problem found by request validation",
     429: "Over the per-token rate limit; retry after `Retry-After` seconds",
 }
-MULTIPART_400 = "Malformed multipart body, no `file` part, or a malformed header"
+MULTIPART_400 = ("Malformed multipart body, no `file` part, a path or query that is not UTF-8 or holds a NUL, or "
+                 "a malformed header")
 FILE_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"description": "The stored file, byte for byte",
                                                         "content": {"application/octet-stream": {
                                                             "schema": {"type": "string", "format": "binary"}}}}}
@@ -89,8 +92,10 @@ def derived_codes(op: dict[str, Any], *, guarded: bool) -> dict[int, str]:
         codes += [401, 403, 429]
     if any(p.get("in") == "path" for p in params):
         codes.append(404)
+    if params or body:
+        codes.append(400)
     if body:
-        codes += [400, 413]
+        codes.append(413)
     if "multipart/form-data" in body:
         codes.append(408)
     if params or body:

@@ -10,9 +10,10 @@ from annotated_types import Interval
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 
-# Ids, offsets and run filters end up as SQL integers: a value outside the signed 64-bit range can name no row
-# and cannot even be bound by SQLite (OverflowError), so it is refused as a 422 naming the parameter.
-SQL_INT_MIN, SQL_INT_MAX = -(2**63), 2**63 - 1
+# Ids, offsets and run filters end up as SQL integers. The primary keys are INTEGER columns, 32-bit on PostgreSQL
+# (a larger bound parameter is "integer out of range" there, and SQLite cannot bind past 64 bits at all), so a
+# value outside the signed 32-bit range can name no row and is refused as a 422 naming the parameter.
+SQL_INT_MIN, SQL_INT_MAX = -(2**31), 2**31 - 1
 SqlInt = Annotated[int, Interval(ge=SQL_INT_MIN, le=SQL_INT_MAX)]
 
 

@@ -14,7 +14,7 @@ reproduces locally. Three passes:
 Every registered check is on (the test asserts it, so a check a new schemathesis adds is on too), with two
 narrow, reasoned relaxations in RELAXED. `object_level_authorization` is on but idle: it replays one identity's
 objects as another, and repscope has no per-token ownership (any read token reads every run, DESIGN.md), so no
-second identity is configured. Set REPSCOPE_FUZZ_EXAMPLES for more cases per operation and phase, and
+second identity is configured. Strings are generated without NUL (NO_NUL says why). Set REPSCOPE_FUZZ_EXAMPLES for more cases per operation and phase, and
 REPSCOPE_BENCH_RESULTS=1 to record the tally in benchmarks/RESULTS.md.
 """
 
@@ -52,9 +52,12 @@ RELAXED = [
      "OpenAPI matches the concrete /datasets/folder before the template /datasets/{name}, but the router sends "
      "GET /datasets/folder to the dataset named 'folder': `Allow: GET, POST` is the truth for that URL"),
 ]
+NO_NUL = ("strings are generated without NUL (`allow-x00: false`): every path, query and body holding one is "
+          "refused with a 400 before auth or parsing (PostgreSQL text cannot store it), which no JSON Schema can "
+          "state for free-form fields; tests/unit/test_input_limits_more.py covers those answers")
 CONFIG = {
     "seed": SEED,
-    "generation": {"deterministic": True, "max-examples": MAX_EXAMPLES, "database": "none",
+    "generation": {"deterministic": True, "max-examples": MAX_EXAMPLES, "database": "none", "allow-x00": False,
                    # credentials are sent explicitly (the admin token, or none), never generated
                    "with-security-parameters": False},
     "checks": {},  # response bodies are validated with their formats too (RFC 3339 date-times with an offset)
@@ -208,6 +211,7 @@ over every operation of /openapi.json, in-process over ASGI, derandomized (seed 
 cases per operation and phase, with all {len(CHECKS.get_all_names())} registered checks on (response formats too):
 {', '.join(sorted(CHECKS.get_all_names()))}. Relaxed, per operation:
 {relaxed}
+- everywhere, {NO_NUL}.
 
 Machine: {machine()}. {time.strftime('%Y-%m-%d')}.
 

@@ -28,7 +28,9 @@ def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stall")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    api = start_api(base_env(tmp / "data", url, REPSCOPE_UPLOAD_IDLE_TIMEOUT_S=str(IDLE_S)), port, tmp)
+    # the steady upload below averages ~400 bytes/s: above this floor, under the 1024 default
+    api = start_api(base_env(tmp / "data", url, REPSCOPE_UPLOAD_IDLE_TIMEOUT_S=str(IDLE_S),
+                             REPSCOPE_UPLOAD_MIN_BYTES_PER_S="200"), port, tmp)
     try:
         wait_healthy(url, api.proc, timeout=60)
         yield url, port, tmp / "data"

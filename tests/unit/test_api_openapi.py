@@ -7,12 +7,12 @@ import jsonschema_rs
 import pytest
 from pydantic import ValidationError
 
-ERROR_CODES = {  # by each operation's shape: auth -> 401/403/429, path id -> 404, body -> 400/413, form -> 408
+ERROR_CODES = {  # by shape: auth -> 401/403/429, path id -> 404, params or body -> 400, body -> 413, form -> 408
     ("get", "/api/v1/health"): set(),
     ("get", "/api/v1/whoami"): {401},
     ("get", "/api/v1/projects"): {401, 403, 429},
-    ("get", "/api/v1/runs/{run_id}"): {401, 403, 404, 422, 429},
-    ("get", "/api/v1/artifacts/{artifact_id}/file"): {401, 403, 404, 410, 422, 429},
+    ("get", "/api/v1/runs/{run_id}"): {400, 401, 403, 404, 422, 429},
+    ("get", "/api/v1/artifacts/{artifact_id}/file"): {400, 401, 403, 404, 410, 422, 429},
     ("post", "/api/v1/tokens"): {400, 401, 403, 409, 413, 422, 429},
     ("post", "/api/v1/runs/{run_id}/artifacts"): {400, 401, 403, 404, 408, 409, 413, 422, 429},
     ("post", "/api/v1/evaluations/{evaluation_id}/claim"): {400, 401, 403, 404, 409, 413, 422, 429},

@@ -204,6 +204,7 @@ def test_bad_utf8_in_urls_and_forms_is_a_400(api, app):
 
 
 BIG = 10**20  # past a signed 64-bit integer: SQLite could not even bind it (OverflowError -> 500 before)
+ID_MAX = 2**31 - 1  # ids are INTEGER columns: 32-bit on PostgreSQL
 
 
 @pytest.mark.parametrize(("method", "url"), [
@@ -217,7 +218,8 @@ def test_out_of_range_page_ids_are_refused_not_500(api, method, url):
     assert response.status_code == 422, response.text
     assert re.search(r"(path|query)\.\w+(\.0)?: Input should be less than or equal to \d+", response.json()["detail"])
     assert api.get("/runs/1").status_code == 200  # in range: still served
-    assert api.get(f"/runs/{2**63 - 1}").status_code == 404  # the largest id names no row
+    assert api.get(f"/runs/{ID_MAX}").status_code == 404  # the largest id names no row
+    assert api.get(f"/runs/{ID_MAX + 1}").status_code == 422  # past INTEGER: refused before PostgreSQL sees it
 
 
 # ---- the LIKE wildcard (finding 10) ----------------------------------------------------------------------
