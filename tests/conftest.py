@@ -3,7 +3,10 @@ has only torch and numpy (the GPU box)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -45,3 +48,30 @@ def run_id(api) -> int:
     response = api.post("/api/v1/runs", json={"project": "simclr", "name": "lr0.3", "config": {"lr": 0.3}})
     assert response.status_code == 201
     return response.json()["id"]
+
+
+@contextlib.contextmanager
+def database_url(kind: str) -> Iterator[str | None]:
+    """None for "sqlite" (the app's own file in the data dir), else the URL of a fresh PostgreSQL database that is
+    dropped afterwards; skipped without PostgreSQL (a failure under REPSCOPE_REQUIRE_SERVICES=1)."""
+    if kind == "sqlite":
+        yield None
+        return
+    from repscope.testing import PG_ADMIN_URL, services_problem
+
+    problem = services_problem()
+    if problem:
+        if os.environ.get("REPSCOPE_REQUIRE_SERVICES") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    import psycopg
+
+    name = f"repscope_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

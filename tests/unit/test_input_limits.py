@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import tracemalloc
-import uuid
 import zipfile
 import zlib
 
@@ -26,9 +24,8 @@ from backend.models import Artifact, Dataset, Evaluation, Run
 from backend.services.runs import CLIPPED, get_or_create_run, list_runs
 from repscope.formats import FormatError, ZipLimits, inspect_embeddings, load_embeddings
 from repscope.schemas import MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, RunCreate
-from repscope.testing import PG_ADMIN_URL, services_problem
 from tests import malformed_corpus as corpus
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, database_url
 from tests.unit.test_api import count, npz_bytes, stored_files, tmp_files, upload
 
 JSON = {"content-type": "application/json"}
@@ -104,31 +101,15 @@ def db_app(request, settings):
     """The real app on its SQLite file, or on a fresh PostgreSQL database."""
     from backend.app import create_app
 
-    database = None
-    if request.param == "postgresql":
-        problem = services_problem()
-        if problem:
-            if os.environ.get("REPSCOPE_REQUIRE_SERVICES") == "1":
-                pytest.fail(problem)
-            pytest.skip(problem)
-        import psycopg
-
-        database = f"repscope_test_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{database}"')
-        base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-        settings = settings.model_copy(update={"database_url": f"{base}/{database}"})
-    app = create_app(settings, run_sweeper=False)
-    try:
-        with TestClient(app, headers=ADMIN_HEADERS) as api:
-            yield app, api
-    finally:
-        app.state.engine.dispose()
-        if database:
-            import psycopg
-
-            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with database_url(request.param) as url:
+        if url:
+            settings = settings.model_copy(update={"database_url": url})
+        app = create_app(settings, run_sweeper=False)
+        try:
+            with TestClient(app, headers=ADMIN_HEADERS) as api:
+                yield app, api
+        finally:
+            app.state.engine.dispose()
 
 
 def test_a_stored_deep_config_no_longer_breaks_reads(db_app):

@@ -10,9 +10,7 @@ from __future__ import annotations
 import html
 import io
 import json
-import os
 import re
-import uuid
 
 import numpy as np
 import pytest
@@ -25,8 +23,7 @@ from backend.services import leaderboards as lb
 from backend.services import runs_table as table_service
 from backend.services import selection as selection_service
 from backend.services.metrics import default_source, in_catalogue, split_key
-from repscope.testing import PG_ADMIN_URL, services_problem
-from tests.conftest import ADMIN_HEADERS
+from tests.conftest import ADMIN_HEADERS, database_url
 from tests.unit.test_leaderboards import make_run
 
 # computed (evaluations): run -> step -> metrics
@@ -64,39 +61,23 @@ def collide(request, tmp_path, settings):
     """The real app (SQLite file, or a fresh PostgreSQL database) with COMPUTED and LOGGED stored through the API."""
     from backend.app import create_app
 
-    database = None
-    if request.param == "postgresql":
-        problem = services_problem()
-        if problem:
-            if os.environ.get("REPSCOPE_REQUIRE_SERVICES") == "1":
-                pytest.fail(problem)
-            pytest.skip(problem)
-        import psycopg
-
-        database = f"repscope_test_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{database}"')
-        base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-        settings = settings.model_copy(update={"database_url": f"{base}/{database}"})
-    app = create_app(settings, run_sweeper=False)
-    try:
-        with TestClient(app, headers=ADMIN_HEADERS) as api:
-            ids = {name: make_run(api, name, project="collide") for name in COMPUTED}
-            for name, steps in COMPUTED.items():
-                for step, metrics in steps.items():
-                    post_metrics(api, ids[name], step, metrics)
-            for name, steps in LOGGED.items():
-                for step, metrics in steps.items():
-                    response = api.post(f"/api/v1/runs/{ids[name]}/metrics", json={"step": step, "metrics": metrics})
-                    assert response.status_code == 201, response.text
-            yield app, api, ids
-    finally:
-        app.state.engine.dispose()
-        if database:
-            import psycopg
-
-            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with database_url(request.param) as url:
+        if url:
+            settings = settings.model_copy(update={"database_url": url})
+        app = create_app(settings, run_sweeper=False)
+        try:
+            with TestClient(app, headers=ADMIN_HEADERS) as api:
+                ids = {name: make_run(api, name, project="collide") for name in COMPUTED}
+                for name, steps in COMPUTED.items():
+                    for step, metrics in steps.items():
+                        post_metrics(api, ids[name], step, metrics)
+                for name, steps in LOGGED.items():
+                    for step, metrics in steps.items():
+                        response = api.post(f"/api/v1/runs/{ids[name]}/metrics", json={"step": step, "metrics": metrics})
+                        assert response.status_code == 201, response.text
+                yield app, api, ids
+        finally:
+            app.state.engine.dispose()
 
 
 def _series(api, run_id: int, key: str, **params) -> tuple[str, list[tuple[int, float]]]:
