@@ -39,7 +39,8 @@ MIN_CASES = 3000 if MAX_EXAMPLES >= 50 else 1000  # the run must not silently sh
 SEED = int(os.environ.get("REPSCOPE_FUZZ_SEED", "16"))  # another seed explores other cases
 PUBLIC = {"/api/v1/health", "/api/v1/whoami"}
 TOKEN_OPERATIONS = "^/api/v1/tokens"  # pass 2
-FUZZER_TOKEN_ID, FUZZER_SECRET = 7_000_000_000_000_001, "rs_fuzzer-admin-0123456789abcdef"
+# far above the ids the fuzzer creates or guesses, yet an id the API accepts (ids are INTEGER: at most 2**31 - 1)
+FUZZER_TOKEN_ID, FUZZER_SECRET = 2_000_000_001, "rs_fuzzer-admin-0123456789abcdef"
 UPLOADS = ("POST /api/v1/runs/{run_id}/artifacts", "POST /api/v1/datasets")
 
 # (check, operations, reason): the only departures from schemathesis' defaults.
