@@ -114,15 +114,21 @@ def _reuse(store: ArtifactStore, existing: Artifact, received: Received, ext: st
     return Registered(existing, list(existing.evaluations), deduplicated=True)
 
 
-def _winner(session: Session, run_id: int, dedupe: str, idempotency: Idempotency | None) -> Registered | None:
-    """After a unique-constraint failure: the concurrent request that won (same key, or the same upload)."""
+def _lost_race(session: Session, store: ArtifactStore, key: str, created: bool, exc: IntegrityError, run: Run,
+               dedupe: str, idempotency: Idempotency | None) -> Registered:
+    """A unique-constraint failure on commit: undo this request, then answer with the concurrent request that won
+    (same Idempotency-Key, or the same upload); re-raise `exc` when neither explains the failure. `run` is read
+    only after the rollback (its attributes cannot load from the failed transaction)."""
+    _undo(session, store, key, created)
     if idempotency is not None:
         earlier = find_by_idempotency_key(session, idempotency.key)
         if earlier is not None:
             check_replay(earlier.artifact, idempotency)
             return earlier
-    winner = _by_dedupe_key(session, run_id, dedupe)
-    return None if winner is None else Registered(winner, list(winner.evaluations), deduplicated=True)
+    winner = _by_dedupe_key(session, run.id, dedupe)
+    if winner is None:
+        raise exc
+    return Registered(winner, list(winner.evaluations), deduplicated=True)
 
 
 def register_embeddings(session: Session, store: ArtifactStore, run: Run, received: Received, *,
@@ -158,12 +164,8 @@ def register_embeddings(session: Session, store: ArtifactStore, run: Run, receiv
         session.add(artifact)
         session.add_all(evaluations)
         session.commit()
-    except IntegrityError:
-        _undo(session, store, key, created)
-        winner = _winner(session, run.id, dedupe, idempotency)
-        if winner is None:
-            raise
-        return winner
+    except IntegrityError as exc:
+        return _lost_race(session, store, key, created, exc, run, dedupe, idempotency)
     except BaseException:
         _undo(session, store, key, created)
         raise
@@ -342,12 +344,8 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
             embed.result = {"figures": {}, "variant": {"cached_from_artifact": cached.id}, "warnings": [],
                             "undefined_metrics": []}
         session.commit()
-    except IntegrityError:
-        _undo(session, store, key, created)
-        winner = _winner(session, run.id, dedupe, idempotency)
-        if winner is None:
-            raise
-        return winner
+    except IntegrityError as exc:
+        return _lost_race(session, store, key, created, exc, run, dedupe, idempotency)
     except BaseException:
         _undo(session, store, key, created)
         raise
