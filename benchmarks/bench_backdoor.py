@@ -25,7 +25,7 @@ import numpy as np
 from benchmarks import simclr_backdoor as sb
 from benchmarks.common import best_of, machine, write_section
 from worker.suites import backdoor as bd
-from worker.suites import triggers as trig
+from worker.suites.backdoor import triggers as trig
 
 ENCODER_SEEDS = (0, 1)  # SimCLR + backdoor training seeds (each ≈ 1 min on 2 cores)
 POOL_SEEDS = (0, 1, 2, 3, 4)  # poison draws per pool

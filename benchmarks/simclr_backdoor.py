@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.datasets.builtin import load_builtin
-from worker.suites import triggers as trig
+from worker.suites.backdoor import triggers as trig
 
 # --- configuration ------------------------------------------------------------------------------------
 

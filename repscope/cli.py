@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from repscope import __version__
+from repscope.suites import embedding_suites
 
 
 def worker_command(queue: str, name: str | None = None, loglevel: str = "INFO") -> list[str]:
@@ -175,18 +176,21 @@ def _table(rows: list[tuple[str, str]], header: tuple[str, str]) -> str:
 def cmd_eval(args: argparse.Namespace) -> int:
     """Run suites locally on a file: no server, no database (laptop use)."""
     from repscope.formats import FormatError, load_embeddings
+    from repscope.suites import default_suites
     from worker.engine import pick_device
-    from worker.registry import SUITES
+    from worker.suites import ON_EMBEDDINGS as SUITES
 
     try:
         arrays = load_embeddings(args.file)
     except FormatError as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
-    suites = args.suites.split(",") if args.suites else ["spectrum"] + (["probes"] if arrays.labels is not None else [])
+    suites = ([s.strip() for s in args.suites.split(",") if s.strip()] if args.suites
+              else default_suites(arrays.labels is not None, arrays.poison is not None))
     unknown = [s for s in suites if s not in SUITES]
     if unknown:
-        print(f"error: unknown suite(s) {', '.join(unknown)}; available: {', '.join(SUITES)}", file=sys.stderr)
+        print(f"error: unknown suite(s) {', '.join(unknown)}; available on an embeddings file: "
+              f"{', '.join(SUITES)}", file=sys.stderr)
         return 2
     device = pick_device(args.device)
     out = {}
@@ -361,9 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="run suites locally on an embeddings file (no server) and print a table",
                         description="Evaluate a .npy/.npz/.safetensors/.pt embeddings file on this machine. "
-                                    "Default suites: spectrum, plus probes when the file has labels.")
+                                    "Default suites: the same as an upload's — spectrum, plus probes when the file "
+                                    "has labels and the backdoor pool scan when it has poison flags.")
     ev.add_argument("file", help="embeddings file")
-    ev.add_argument("--suites", help="comma list (spectrum, probes)")
+    ev.add_argument("--suites", help=f"comma list of suites that run on embeddings ({', '.join(embedding_suites())})")
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--all", action="store_true", help="also print the nested-prefix (Matryoshka) metrics")
     ev.add_argument("--json", action="store_true", help="print JSON (metrics, variant, warnings)")

@@ -16,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from repscope import suites as registry
 from repscope.client import Client
 from repscope.schemas import ClaimResponse
 from repscope.settings import Settings
+from repscope.suites import LABELS
 from worker.suites.base import ProgressFn, SuiteResult
 
 VIEW_SEED = 0
@@ -114,16 +116,17 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
 
 def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,
                    progress: ProgressFn) -> SuiteResult:
-    """Suites over the encoder itself and the dataset's images: equivariance, the backdoor encoder scan; the
-    whole suite runs in the sandbox (it calls the model's forward throughout)."""
+    """A suite over the encoder itself and the dataset's images (registry: `encoder=True`); the whole suite runs
+    in the sandbox, since it calls the model's forward throughout. The dataset's labels go along when it uses them."""
     params: dict[str, Any] = dict(claim.evaluation.params)
     suite = claim.evaluation.suite
-    if suite not in ("equivariance", "backdoor"):
+    spec = registry.get(suite)
+    if not spec.encoder:
         raise ValueError(f"suite {suite!r} does not run on an encoder")
     progress(0.02, f"loading dataset {params['dataset']}")
     dataset = fetch_dataset(params["dataset"], client, settings)
     out = run_sandboxed(sandbox_job(claim, settings, device, "suite", suite=suite), checkpoint, dataset, settings,
-                        progress, labels=suite == "backdoor")
+                        progress, labels=LABELS in spec.uses)
     result = suite_result(out.result, suite)
     result.variant.update({"checkpoint_format": out.report["format"], "arch": out.report["arch"],
                            "dataset": params["dataset"], "sandbox": out.mode,

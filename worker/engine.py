@@ -11,13 +11,14 @@ import time
 import traceback
 from pathlib import Path
 
+from repscope import suites as registry
 from repscope.client import Client, RepscopeError
 from repscope.formats import load_embeddings
 from repscope.schemas import ClaimResponse, EvaluationResultIn
 from repscope.settings import Settings
-from repscope.suites import CHECKPOINT_SUITES, EMBED_STEP
+from repscope.suites import EMBED_STEP, IMAGES
 from worker.derive import run_embed, run_on_encoder
-from worker.registry import SUITES
+from worker.suites import runner as suite_runner
 from worker.suites.base import ProgressFn
 
 log = logging.getLogger(__name__)
@@ -141,10 +142,8 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
                  settings: Settings, device: str) -> str:
     suite = claim.evaluation.suite
     try:
-        runner = SUITES.get(suite)
-        on_encoder = claim.artifact.kind == "checkpoint" and suite in CHECKPOINT_SUITES
-        if runner is None and suite != EMBED_STEP and not on_encoder:
-            raise ValueError(f"this worker cannot run suite {suite!r}; it has {sorted(SUITES)}")
+        on_encoder = suite != EMBED_STEP and claim.artifact.kind == "checkpoint"
+        run_on = suite_runner(suite, "encoder" if on_encoder else "embeddings") if suite != EMBED_STEP else None
         client.report(evaluation_id, claim=claim.claim, worker=worker_name, progress=0.0,
                       message=f"loading {claim.artifact.format} artifact")
         path = artifact_path(claim, client, settings)
@@ -158,9 +157,9 @@ def _run_claimed(claim: ClaimResponse, evaluation_id: int, client: Client, worke
             # validated in full at upload; skip the second finite-value scan here
             arrays = load_embeddings(path, f"artifact.{claim.artifact.format}", check_finite=False)
             params = dict(claim.evaluation.params)
-            if suite == "backdoor":  # image-level scores and thumbnails when the rows are a known image dataset
+            if IMAGES in registry.get(suite).uses:  # e.g. image-level scores when the rows are a known image dataset
                 params["images"] = dataset_images(claim.artifact.dataset, len(arrays.embeddings), client, settings)
-            result = runner(arrays, params, device, progress)
+            result = run_on(arrays, params, device, progress)
         result.variant.setdefault("device", device)
         result.variant["worker"] = worker_name
         result.variant["seconds"] = round(time.perf_counter() - started, 4)

@@ -21,7 +21,7 @@ from sklearn.metrics import adjusted_rand_score, roc_auc_score, roc_curve
 
 from benchmarks import simclr_backdoor as sb
 from worker.suites import backdoor as bd
-from worker.suites import triggers as trig
+from worker.suites.backdoor import triggers as trig
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SCAN_IMAGES = 256  # held-out images per encoder scan

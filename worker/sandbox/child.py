@@ -87,6 +87,7 @@ def run_suite(req: dict[str, Any], channel: Channel) -> None:
 
     from worker.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
     from worker.models.features import encode as forward
+    from worker.suites import runner
 
     images = np.load(req["images"], allow_pickle=False)
     labels = np.load(req["labels"], allow_pickle=False) if req.get("labels") else None
@@ -99,16 +100,7 @@ def run_suite(req: dict[str, Any], channel: Channel) -> None:
         x = normalize(resize(x01, encoder.input_size), IMAGENET_MEAN, IMAGENET_STD)
         return forward(module, x, pool=encoder.pool).float()
 
-    if req["suite"] == "equivariance":
-        from worker.suites.equivariance import run_equivariance
-
-        result = run_equivariance(encode, images, device=req["device"], progress=channel.progress)
-    elif req["suite"] == "backdoor":
-        from worker.suites.backdoor import scan_encoder
-
-        result = scan_encoder(encode, images, labels=labels, device=req["device"], progress=channel.progress)
-    else:
-        raise ValueError(f"suite {req['suite']!r} does not run on an encoder")
+    result = runner(req["suite"], "encoder")(encode, images, labels, req["device"], channel.progress)
     scratch = Path(req["scratch"])
     (scratch / "result.json").write_text(json.dumps(result.to_json()))
     (scratch / "report.json").write_text(json.dumps(_report(encoder)))

@@ -100,7 +100,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import ProgressFn, SuiteResult, no_progress
+from worker.suites.base import ProgressFn, SuiteResult, no_progress
 
 # --- protocol constants -------------------------------------------------------------------------------
 

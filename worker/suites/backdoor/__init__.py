@@ -3,7 +3,7 @@
 Two entry points (pure: tensors and arrays in, a SuiteResult out; no I/O):
 
   scan_encoder(encode, images, ...)   an encoder and unlabeled clean images (labels optional):
-      * known-trigger collapse: how tightly the library's triggers (worker/suites/triggers.py) gather the
+      * known-trigger collapse: how tightly the library's triggers (worker/suites/backdoor/triggers.py) gather the
         embeddings, centred with the clean mean, against a control stamp of equal energy per trigger;
       * k-NN attack success of each trigger when labels exist;
       * DECREE trigger inversion (Feng et al., CVPR 2023): the smallest mask that collapses the encoder;
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from . import triggers as trig
-from .base import ProgressFn, SuiteResult, no_progress
-from .probes import auroc
+from worker.suites.base import ProgressFn, SuiteResult, no_progress
+from worker.suites.probes import auroc
 
 # --- protocol constants -------------------------------------------------------------------------------
 
@@ -486,7 +486,7 @@ def scan_encoder(
     encode: float NCHW in [0, 1] on `device` → features (N×D, or anything reshaped to N rows); it must be
     differentiable for DECREE (decree_steps=0 skips DECREE). images: uint8 N×H×W×C clean images (at most
     `max_images` are used, a seeded subsample); labels (optional, one per image) enable the k-NN attack
-    success. triggers: names from worker.suites.triggers.TRIGGERS (default: all five). DECREE runs for at most
+    success. triggers: names from worker.suites.backdoor.triggers.TRIGGERS (default: all five). DECREE runs for at most
     decree_steps steps / decree_seconds seconds (early stop usually ends it sooner), decree_batch images a
     step; decree_threshold is the PL1 decision threshold; decree_center=True makes DECREE use cosines centred
     with the clean mean instead of the paper's raw cosines (for encoders whose clean images already have raw

@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import ProgressFn, SuiteResult, no_progress, resolve_device
+from worker.suites.base import ProgressFn, SuiteResult, no_progress, resolve_device
 
 try:  # reads memory-mapped rows without mapping them into the RSS (added alongside the spectrum suite)
-    from .rows import take_rows
+    from worker.suites.rows import take_rows
 except ImportError:  # pragma: no cover - fallback: a plain fancy-index copy
 
     def take_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:

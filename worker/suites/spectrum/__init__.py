@@ -42,8 +42,8 @@ import torch
 from scipy.linalg import eigh as _scipy_eigh
 from scipy.linalg.blas import dsyrk as _dsyrk
 
-from .base import ProgressFn, SuiteResult, no_progress, resolve_device
-from .rows import prefetched, read_rows, take_rows
+from worker.suites.base import ProgressFn, SuiteResult, no_progress, resolve_device
+from worker.suites.rows import prefetched, read_rows, take_rows
 
 # --- protocol constants -------------------------------------------------------------------------------
 
