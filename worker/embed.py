@@ -6,15 +6,14 @@ on CUDA with bf16 autocast and channels_last (the usual fast path for convnets o
 result of batch i is copied back while batch i + 1 is queued, so the GPU does not wait for the host.
 Memory is bounded by one batch on the device plus the N x D output on the host.
 
-``preprocessing_key`` names everything besides the checkpoint and the dataset that changes the numbers,
-for the derived-embeddings cache key (DESIGN.md, data flow step 3).
+``preprocessing_spec`` names everything besides the checkpoint and the dataset that changes the numbers; the embed
+step reports it, and repscope.cache holds the derived-embeddings cache keys and their version (DESIGN.md, data
+flow step 3).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,21 +21,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from repscope import cache
+from repscope.cache import PREPROCESSING_VERSION
 from worker.datasets import transforms as T
 from worker.models.features import encode
 from worker.models.loading import LoadedEncoder
 from worker.suites.base import ProgressFn, no_progress
+from worker.suites.common.device import resolve_device
 
 DEFAULT_BATCH_SIZE = 256
 AMP_DTYPE = torch.bfloat16
-PREPROCESSING_VERSION = 1  # bump when the pipeline's numbers change
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def embed_precision(device: str | torch.device | None, amp: bool = True) -> str:
@@ -165,7 +159,5 @@ def preprocessing_spec(
 
 
 def preprocessing_key(**kw) -> str:
-    """Short stable id of ``preprocessing_spec(**kw)``: "pp<version>-" + 16 hex digits of its sha256."""
-    spec = preprocessing_spec(**kw)
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return f"pp{PREPROCESSING_VERSION}-{digest[:16]}"
+    """Short stable id of ``preprocessing_spec(**kw)`` (repscope.cache.preprocessing_key)."""
+    return cache.preprocessing_key(preprocessing_spec(**kw))

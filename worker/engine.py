@@ -26,11 +26,10 @@ PROGRESS_EVERY_S = 1.0
 
 
 def pick_device(requested: str | None) -> str:
-    import torch
+    """The device name to claim with: the configured one, else "cuda" when a GPU is visible, else "cpu"."""
+    from worker.suites.common.device import default_device  # torch loads on first use, not on import
 
-    if requested:
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested or str(default_device())
 
 
 def artifact_path(claim: ClaimResponse, client: Client, settings: Settings) -> Path:

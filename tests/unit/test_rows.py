@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.suites.rows import read_rows, take_rows
+from worker.suites.common.rows import read_rows, take_rows
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])

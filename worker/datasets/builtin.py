@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker.suites.common.sampling import stratified_split as split_rows
+
 DIGITS_MAX = 16.0  # sklearn load_digits pixel range is 0..16
 DEFAULT_SIZE = 32
 TEST_FRACTION = 0.2  # stratified 80/20, as the probe suite's default split (METRICS.md)
@@ -88,13 +90,11 @@ def dataset_sha256(ds: ImageDataset) -> str:
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float = TEST_FRACTION, seed: int = 0) -> np.ndarray:
-    """int8 split (0 train / 1 test): per class, round(test_fraction * n_class) images drawn with the seed."""
-    rng = np.random.default_rng(seed)
+    """int8 split (0 train / 1 test): per class, round(test_fraction * n_class) images drawn with the seed
+    (Python rounding, ties to even; a class may sit on one side only; ``common.sampling.stratified_split``)."""
+    _, test = split_rows(labels, test_fraction, seed, rounding="half_even", both_sides=False)
     split = np.zeros(len(labels), dtype=np.int8)
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        n_test = int(round(test_fraction * len(idx)))
-        split[rng.permutation(idx)[:n_test]] = SPLIT_TEST
+    split[test] = SPLIT_TEST
     return split
 
 

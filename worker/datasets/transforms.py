@@ -18,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from worker.suites.common import images as common_images
+from worker.suites.common.images import LUMA  # Rec. 601, as torchvision rgb_to_grayscale
+
 # ImageNet statistics (torchvision / timm defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Rec. 601 luma, as torchvision.transforms.functional.rgb_to_grayscale.
-LUMA = (0.299, 0.587, 0.114)
 # SimCLR augmentations (Chen et al. 2020, appendix A), crop scale raised for small images.
 CROP_SCALE = (0.25, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -46,10 +47,7 @@ def to_device(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 def to_float(batch: torch.Tensor, channels: int = 3) -> torch.Tensor:
     """uint8 N x H x W x C -> float N x C x H x W in [0, 1]; grey (C = 1) is repeated to `channels`."""
-    x = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    if x.shape[1] == 1 and channels != 1:
-        x = x.expand(-1, channels, -1, -1)
-    return x
+    return common_images.to_float(batch, channels)
 
 
 def normalize(

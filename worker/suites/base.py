@@ -8,21 +8,16 @@ from typing import Any
 
 import torch
 
+from worker.suites.common.device import resolve_device  # noqa: F401  (re-exported for the suites)
+
 # progress(fraction in [0, 1], short message) — suites call it on long work; the task forwards it to the API.
 ProgressFn = Callable[[float, str], None]
+# encode(images float NCHW in [0, 1] on the device) -> features (N x D): the encoder suites' view of a model.
+EncodeFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def no_progress(fraction: float, message: str) -> None:  # noqa: ARG001
     """Default progress sink for notebook and CLI use."""
-
-
-def resolve_device(device: str | torch.device | None, data: Any = None) -> torch.device:
-    """The device a suite computes on: the one asked for, else a tensor input's, else CUDA when present."""
-    if device is not None:
-        return torch.device(device)
-    if isinstance(data, torch.Tensor):
-        return data.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
