@@ -3,37 +3,10 @@
 from __future__ import annotations
 
 import math
-import re
-from fnmatch import fnmatchcase
 from typing import Any
 
+from repscope import catalogue
 from repscope.schemas import MetricSeries
-
-METRIC_LABELS = {
-    "rankme": "RankMe (effective rank)",
-    "rankme_centered": "RankMe, centred",
-    "stable_rank": "stable rank",
-    "nesum": "NESum",
-    "alpha_req": "α-ReQ",
-    "alpha_req_r2": "α-ReQ fit R²",
-    "condition": "inverse condition number",
-    "uniformity": "uniformity loss",
-    "collapse_std": "collapse std",
-    "lidar": "LiDAR",
-    "linear_top1": "linear probe top-1",
-    "linear_top5": "linear probe top-5",
-    "linear_balanced_acc": "linear probe balanced accuracy",
-    "linear_best_c": "linear probe C",
-    "knn20_top1": "20-NN top-1",
-    "equi_r2_mean": "equivariance R² (mean)",
-    "invariance_auc_mean": "invariance AUC (mean)",
-    "equi_mrr_mean": "equivariance MRR (mean)",
-    "backdoor_risk": "backdoor risk",
-}
-_KNN = re.compile(r"^knn(\d+)_top(\d)$")
-_OPENSET = re.compile(r"^openset_(auroc|fpr95)_(\w+)$")
-_NESTED = re.compile(r"^(.*)@d(\d+)$")
-
 
 LOGGED_PREFIX = "logged:"  # backend.services.metrics: a scalar the training job logged, not a computed metric
 
@@ -42,15 +15,7 @@ def metric_label(key: str) -> str:
     """A readable name; a logged scalar keeps the job's own name behind 'logged: ' (it is not our metric)."""
     if key.startswith(LOGGED_PREFIX):
         return source_label(key)
-    if key in METRIC_LABELS:
-        return METRIC_LABELS[key]
-    if m := _KNN.match(key):
-        return f"{m.group(1)}-NN top-{m.group(2)}"
-    if m := _OPENSET.match(key):
-        return f"open-set {'AUROC' if m.group(1) == 'auroc' else 'FPR@95%TPR'} ({m.group(2)})"
-    if m := _NESTED.match(key):
-        return f"{metric_label(m.group(1))}, d = {m.group(2)}"
-    return key
+    return catalogue.label(key)
 
 
 def source_label(key: str) -> str:
@@ -59,9 +24,8 @@ def source_label(key: str) -> str:
 
 
 def is_fraction(key: str) -> bool:
-    """Accuracies and rates in [0, 1]: drawn and hovered as percentages."""
-    return bool(_KNN.match(key) or _OPENSET.match(key)) or key in (
-        "linear_top1", "linear_top5", "linear_balanced_acc")
+    """Accuracies and rates in [0, 1] (the catalogue's `fraction`): drawn and hovered as percentages."""
+    return catalogue.is_fraction(key)
 
 
 def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
@@ -94,45 +58,6 @@ def metric_over_step(series: list[tuple[str, MetricSeries]], key: str) -> dict[s
 
 # --- a run's metrics over training, grouped -------------------------------------------------------------
 
-# (title, y-axis title with unit, key patterns in legend order, y-axis options); a key goes to its first match.
-METRIC_GROUPS: tuple[tuple[str, str, tuple[str, ...], dict[str, Any]], ...] = (
-    ("Effective rank over training (RankMe and kin)", "effective dimensions",
-     ("rankme", "rankme_centered", "nesum", "stable_rank", "lidar"), {}),
-    ("α-ReQ eigenspectrum decay over training (≈ 1 is best)", "α (power-law exponent, unitless)",
-     ("alpha_req",), {}),
-    ("Inverse condition number over training", "σ_min / σ_max (log scale)", ("condition",),
-     {"type": "log", "exponentformat": "power"}),
-    ("α-ReQ fit quality over training", "R² of the power-law fit (unitless)", ("alpha_req_r2",), {}),
-    ("Uniformity loss over training (lower = more uniform)", "uniformity loss (log mean Gaussian potential, t = 2)",
-     ("uniformity",), {}),
-    ("Collapse indicator over training (0 = collapsed)", "mean std of ℓ₂-normalised dims", ("collapse_std",), {}),
-    ("Linear probe accuracy over training", "test accuracy (%)",
-     ("linear_top1", "linear_top5", "linear_balanced_acc"), {"tickformat": ".0%"}),
-    ("k-NN accuracy over training", "test accuracy (%)", ("knn*_top1", "knn*_top5"), {"tickformat": ".0%"}),
-    ("Linear probe: chosen L2 strength over training", "inverse L2 strength C (log scale)", ("linear_best_c",),
-     {"type": "log", "exponentformat": "power"}),
-    ("Open-set detection AUROC over training", "AUROC (%)", ("openset_auroc_*",), {"tickformat": ".0%"}),
-    ("Open-set FPR at 95 % TPR over training (lower is better)", "false-positive rate (%)", ("openset_fpr95_*",),
-     {"tickformat": ".0%"}),
-    ("Equivariance and invariance over training", "score (R², AUC, MRR; unitless)",
-     ("equi_*", "invariance_*"), {}),
-    ("Backdoor risk over training (lower is better)", "risk score (unitless)", ("backdoor_*",), {}),
-)
-
-
-def _group_of(key: str) -> int | None:
-    for i, (_, _, patterns, _) in enumerate(METRIC_GROUPS):
-        if any(fnmatchcase(key, p) for p in patterns):
-            return i
-    return None
-
-
-def _legend_order(key: str, patterns: tuple[str, ...]) -> tuple[int, int, str]:
-    index = next(i for i, p in enumerate(patterns) if fnmatchcase(key, p))
-    m = _KNN.match(key)
-    return index, int(m.group(1)) if m else 0, key
-
-
 def group_over_step(title: str, y_title: str, lines: list[tuple[str, str, MetricSeries]],
                     yaxis: dict[str, Any] | None = None) -> dict[str, Any]:
     """Several metrics (or runs) over step on one chart: lines are (legend name, metric key, series)."""
@@ -149,29 +74,30 @@ def run_charts(series: dict[str, MetricSeries]) -> tuple[list[dict[str, Any]], l
     """A run's metrics over training step, grouped: (main charts, nested-prefix charts).
 
     Every key the run has is drawn: scalars the training job logged first (`logged:<key>`, one chart each,
-    titled as logged, so one named like a metric never reads as the computed one), then known keys in their
-    METRIC_GROUPS chart, unknown keys one chart each, nested-prefix keys `{key}@d{k}` one chart per base key
-    (a line per prefix dimension)."""
+    titled as logged, so one named like a metric never reads as the computed one), then catalogue keys in
+    their group's chart (repscope.catalogue.GROUPS, in that order), other keys one chart each, nested-prefix
+    keys `{key}@d{k}` one chart per base key (a line per prefix dimension)."""
     groups: dict[int, list[str]] = {}
     others, nested, logged = [], {}, []
     for key in series:
         if key.startswith(LOGGED_PREFIX):
             logged.append(key)
             continue
-        if m := _NESTED.match(key):
+        if m := catalogue.NESTED.match(key):
             nested.setdefault(m.group(1), []).append((int(m.group(2)), key))
             continue
-        g = _group_of(key)
+        g = catalogue.group(key)
         if g is None:
             others.append(key)
         else:
-            groups.setdefault(g, []).append(key)
+            groups.setdefault(catalogue.GROUP_INDEX[g.name], []).append(key)
     charts = [group_over_step(f"{source_label(key)} over training (logged by the training job)", source_label(key),
                               [(source_label(key), key, series[key])]) for key in sorted(logged)]
     for g in sorted(groups):
-        title, y_title, patterns, yaxis = METRIC_GROUPS[g]
-        keys = sorted(groups[g], key=lambda k: _legend_order(k, patterns))
-        charts.append(group_over_step(title, y_title, [(metric_label(k), k, series[k]) for k in keys], yaxis))
+        group = catalogue.GROUPS[g]
+        keys = sorted(groups[g], key=catalogue.legend_order)
+        charts.append(group_over_step(group.title, group.y_title, [(metric_label(k), k, series[k]) for k in keys],
+                                      group.yaxis))
     for key in sorted(others):
         charts.append(group_over_step(f"{key} over training", key, [(key, key, series[key])]))
     nested_charts = []

@@ -1,21 +1,22 @@
 """Leaderboards per dataset: one row per run, any metric columns, Borda rank across the chosen metrics.
 
-Metric direction (which value is better) is defined once here and used by leaderboards, the runs table's
-default sort order, the compare page's radar chart and the label-free selection view:
+Metric direction (which value is better) comes from the metric catalogue (repscope.catalogue, one entry per
+metric) and is used by leaderboards, the runs table's default sort order, the compare page's radar chart and
+the label-free selection view:
 
-* higher is better: every key not listed below (RankMe and the other effective ranks, ``condition`` —
-  which is the *inverse* condition number σ_min/σ_max ∈ [0, 1] —, ``collapse_std``, probe accuracies,
-  open-set AUROC, equivariance scores, …);
-* lower is better: ``LOWER_IS_BETTER`` (the uniformity loss, open-set FPR at 95 % TPR, backdoor risk);
-* closest to a target is better: ``TARGET_IS_BEST`` (α-ReQ, whose optimum is α ≈ 1, Agrawal et al. 2022);
-* no direction: ``NO_DIRECTION`` (what a suite reports about itself: the probe's chosen C, the α-ReQ fit's
-  R²) and every scalar the training job logged itself (``logged:<name>``: its meaning is the job's, even when
-  its name is a metric's) — shown and sortable, but never counted in a Borda rank or drawn on a radar chart.
+* higher is better: the default, and every key outside the catalogue (RankMe and the other effective ranks,
+  ``condition`` — which is the *inverse* condition number σ_min/σ_max ∈ [0, 1] —, ``collapse_std``, probe
+  accuracies, open-set AUROC, equivariance scores, …);
+* lower is better: e.g. the uniformity loss, open-set FPR at 95 % TPR, backdoor risk;
+* closest to a target is better: α-ReQ, whose optimum is α ≈ 1 (Agrawal et al. 2022);
+* no direction: what a suite reports about itself (e.g. the probe's chosen C, the α-ReQ fit's R²) and every
+  scalar the training job logged itself (``logged:<name>``: its meaning is the job's, even when its name is a
+  metric's) — shown and sortable, but never counted in a Borda rank or drawn on a radar chart.
 
 Leaderboards rank computed metrics only: every value comes from an evaluation of an artifact on the dataset
 (the inner joins below), so a scalar a training job logged under a metric's name never enters a row.
 
-Nested-prefix keys ``{key}@d{k}`` take the direction of ``{key}``. Patterns use shell wildcards (fnmatch).
+Nested-prefix keys ``{key}@d{k}`` take the direction of ``{key}``.
 
 Borda rank (as MTEB's leaderboard): for each chosen metric, a run earns one point for every other run it
 beats on that metric; the Borda score is the sum over metrics, and rank 1 is the largest score.
@@ -32,10 +33,8 @@ import bisect
 import csv
 import io
 import math
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from fnmatch import fnmatchcase
 from typing import Literal
 
 from sqlalchemy import func, select
@@ -43,35 +42,21 @@ from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric, Project, Run
 from backend.services.metrics import LOGGED_PREFIX
+from repscope import catalogue
+from repscope.catalogue import Direction
 
-LOWER_IS_BETTER: frozenset[str] = frozenset({"uniformity", "openset_fpr95_*", "backdoor_risk"})
-TARGET_IS_BEST: dict[str, float] = {"alpha_req": 1.0}
-NO_DIRECTION: frozenset[str] = frozenset({"linear_best_c", "alpha_req_r2"})
 NO_DATASET = "-"  # leaderboard of embeddings uploaded without a dataset name
-DEFAULT_COLUMNS = ("rankme", "linear_top1", "knn20_top1")
+DEFAULT_COLUMNS = catalogue.leaderboard_columns()
 MAX_METRICS = 50
 
-Direction = Literal["higher", "lower", "target", "none"]
 Pick = Literal["best", "last"]
-_NESTED = re.compile(r"@d\d+$")
-
-
-def base_key(key: str) -> str:
-    """'rankme@d64' -> 'rankme' (nested prefixes share their metric's direction)."""
-    return _NESTED.sub("", key)
 
 
 def direction(key: str) -> Direction:
+    """The catalogue's direction of `key`; 'none' for a logged scalar."""
     if key.startswith(LOGGED_PREFIX):
         return "none"
-    k = base_key(key)
-    if k in TARGET_IS_BEST:
-        return "target"
-    if any(fnmatchcase(k, p) for p in NO_DIRECTION):
-        return "none"
-    if any(fnmatchcase(k, p) for p in LOWER_IS_BETTER):
-        return "lower"
-    return "higher"
+    return catalogue.direction(key)
 
 
 def score(key: str, value: float | None) -> float | None:
@@ -84,15 +69,17 @@ def score(key: str, value: float | None) -> float | None:
     if d == "lower":
         return -value
     if d == "target":
-        return -abs(value - TARGET_IS_BEST[base_key(key)])
+        return -abs(value - catalogue.target(key))
     return None
 
 
 def directions_table() -> list[dict[str, str]]:
     """The direction rules, for the API and the pages (documentation that cannot drift from the code)."""
-    rows = [{"pattern": p, "direction": "lower is better"} for p in sorted(LOWER_IS_BETTER)]
-    rows += [{"pattern": k, "direction": f"closest to {t:g} is better"} for k, t in sorted(TARGET_IS_BEST.items())]
-    rows += [{"pattern": p, "direction": "no direction (not ranked)"} for p in sorted(NO_DIRECTION)]
+    specs = sorted(catalogue.METRICS, key=lambda spec: spec.glob)  # patterns as shell wildcards
+    rows = [{"pattern": s.glob, "direction": "lower is better"} for s in specs if s.direction == "lower"]
+    rows += [{"pattern": s.glob, "direction": f"closest to {s.target:g} is better"}
+             for s in specs if s.direction == "target"]
+    rows += [{"pattern": s.glob, "direction": "no direction (not ranked)"} for s in specs if s.direction == "none"]
     rows.append({"pattern": LOGGED_PREFIX + "*", "direction": "no direction (scalars the training job logged)"})
     rows.append({"pattern": "everything else", "direction": "higher is better"})
     return rows

@@ -17,28 +17,11 @@ from sqlalchemy import ColumnElement, delete, exists, select
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric
+from repscope.catalogue import in_catalogue
 from repscope.schemas import MetricPoint, MetricSeries
 
 Source = Literal["computed", "logged"]
 LOGGED_PREFIX = "logged:"
-
-# The metric catalogue: names the suites compute. A read of one of these defaults to the computed namespace
-# even before any evaluation produced it (so a job that logged its own "rankme" never gets it back by default).
-CATALOGUE: frozenset[str] = frozenset({
-    "rankme", "rankme_centered", "alpha_req", "alpha_req_r2", "nesum", "stable_rank", "condition", "uniformity",
-    "collapse_std", "lidar", "linear_top1", "linear_top5", "linear_balanced_acc", "linear_best_c",
-    "equi_r2_mean", "invariance_auc_mean", "equi_mrr_mean", "backdoor_risk", "poison_share",
-})
-CATALOGUE_PATTERNS = (re.compile(r"^knn\d+_top\d+$"), re.compile(r"^openset_(auroc|fpr95)_\w+$"),
-                      re.compile(r"^(equi|invariance)_\w+$"), re.compile(r"^backdoor_\w+$"))
-_NESTED = re.compile(r"@d\d+$")
-
-
-def in_catalogue(key: str) -> bool:
-    """Whether `key` is a metric repscope computes (nested-prefix keys `{key}@d{k}` as their key)."""
-    base = _NESTED.sub("", key)
-    return base in CATALOGUE or any(p.match(base) for p in CATALOGUE_PATTERNS)
-
 
 def logged_key(key: str) -> str:
     """The display / sort name of a logged scalar: 'loss' -> 'logged:loss'."""
@@ -68,7 +51,9 @@ def qualified(key: str, evaluation_id: int | None) -> str:
 
 
 def default_source(session: Session, run_id: int, key: str) -> Source:
-    """`computed` when the key is in the catalogue or an evaluation of this run produced it, else `logged`."""
+    """`computed` when the key is in the metric catalogue (repscope.catalogue: what the suites compute, so a job
+    that logged its own "rankme" never gets it back by default) or an evaluation of this run produced it, else
+    `logged`."""
     if in_catalogue(key):
         return "computed"
     has_computed = session.scalar(select(exists().where(Metric.run_id == run_id, Metric.key == key,

@@ -22,10 +22,11 @@ from sqlalchemy import String, func, select
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Metric, Run
-from backend.services.leaderboards import TARGET_IS_BEST, base_key, direction
+from backend.services.leaderboards import direction
 from backend.services.metrics import logged_key, of_source, qualified, split_key
+from repscope import catalogue
 
-TABLE_COLUMNS = ("rankme", "alpha_req", "linear_top1", "knn20_top1")
+TABLE_COLUMNS = catalogue.table_columns()
 SORTS = ("created", "name")
 
 
@@ -84,7 +85,7 @@ def runs_table(session: Session, project_id: int, *, q: str | None = None, tag: 
     else:
         value = latest_value(sort)
         if direction(sort) == "target":
-            value = func.abs(value - TARGET_IS_BEST[base_key(sort)])
+            value = func.abs(value - catalogue.target(sort))
         ids = ids.order_by((value.asc() if order == "asc" else value.desc()).nulls_last(), Run.id.desc())
     page_ids = list(session.scalars(ids.limit(limit).offset(offset)))
     runs_by_id = {r.id: r for r in session.scalars(select(Run).where(Run.id.in_(page_ids)))} if page_ids else {}

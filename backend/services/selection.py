@@ -25,10 +25,10 @@ from sqlalchemy.orm import Session
 from backend.models import Metric, Project, Run
 from backend.services.leaderboards import direction, score
 from backend.services.metrics import logged_key, qualified
+from repscope import catalogue
 
-LABEL_FREE_KEYS = ("rankme", "rankme_centered", "alpha_req", "nesum", "stable_rank", "condition",
-                   "uniformity", "collapse_std", "lidar")
-PROBE_KEYS = ("linear_top1", "knn20_top1", "knn10_top1", "knn100_top1", "knn200_top1", "linear_balanced_acc")
+LABEL_FREE_KEYS = catalogue.label_free_keys()
+PROBE_KEYS = catalogue.probe_keys()
 
 
 # --- rank correlations --------------------------------------------------------------------------------------
