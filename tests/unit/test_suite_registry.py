@@ -114,3 +114,27 @@ def test_default_suites_include_an_added_always_suite(example_suite):
     registry.register(SuiteSpec("example", "always", embeddings=True, default_if=ALWAYS,
                                 module="tests.unit.example_suite"))
     assert registry.default_suites(False) == ["spectrum", "example"]
+
+
+def test_readme_contributor_guide_matches_the_code():
+    """The README's "Add a metric" / "Add a suite" steps name fields and functions that exist."""
+    import dataclasses
+    import importlib
+    import re
+    from pathlib import Path
+
+    from repscope import catalogue
+
+    text = Path(__file__).resolve().parents[2].joinpath("README.md").read_text()
+    guide = text[text.index("### Add a metric"):text.index("## Layout")]
+    for name in ("PLACEHOLDERS", "GROUPS", "METRICS", "HEADLINE", "RADAR", "TABLE_COLUMNS", "LEADERBOARD_COLUMNS",
+                 "SELECTION_KEYS", "SELECTION_PROBES"):
+        assert name in guide and hasattr(catalogue, name), name
+    metric_fields = {f.name for f in dataclasses.fields(catalogue.MetricSpec)}
+    assert {"key", "label", "suite", "group", "direction", "unit", "fraction", "label_free"} <= metric_fields
+    spec_fields = {f.name for f in dataclasses.fields(SuiteSpec)}
+    named = set(re.findall(r"(\w+)=", guide[guide.index("### Add a suite"):]))
+    assert named <= spec_fields, named - spec_fields
+    for spec in registry.SUITES.values():  # every built-in suite has the entry points the guide promises
+        module = importlib.import_module(spec.module)
+        assert all(hasattr(module, f"on_{on}") for on in ("embeddings", "encoder") if getattr(spec, on)), spec.name
