@@ -22,10 +22,9 @@ from backend.db import make_engine, make_sessionmaker, secure_data_dir
 from backend.docs_ui import install as install_docs
 from backend.headers import SecurityHeadersMiddleware
 from backend.limits import BodyLimitMiddleware
-from backend.pages import TEMPLATES, assets_router
-from backend.pages import router as pages_router
-from backend.pages_auth import LoginRequired, login_redirect
-from backend.pages_auth import router as auth_pages_router
+from backend.pages import ROUTERS as PAGE_ROUTERS
+from backend.pages.auth import LoginRequired, login_redirect
+from backend.pages.templates import make_templates, render
 from backend.queue import TaskQueue
 from backend.security import RateLimiter, load_secret_key
 from backend.services import Conflict, NotFound
@@ -73,12 +72,12 @@ def create_app(settings: Settings | None = None, *, run_sweeper: bool = True, au
     app.state.queue = TaskQueue(settings)
     app.state.secret_key = load_secret_key(settings)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    app.state.templates = make_templates()  # the pages' Jinja2 environment (backend.pages.templates.render)
 
     for router in API_ROUTERS:
         app.include_router(router, prefix=API_PREFIX, dependencies=[Depends(single_valued_query(API_PREFIX))])
-    app.include_router(assets_router)
-    app.include_router(auth_pages_router)
-    app.include_router(pages_router)
+    for router in PAGE_ROUTERS:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _install_error_handlers(app)
     _document_auth(app)
@@ -165,7 +164,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def not_found(request: Request, exc: NotFound) -> Response:
         if request.url.path.startswith("/api/"):
             return JSONResponse({"detail": str(exc)}, status_code=404)
-        return TEMPLATES.TemplateResponse(request, "404.html", {"detail": str(exc)}, status_code=404)
+        return render(request, "404.html", {"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(LoginRequired)
     async def login_required(_: Request, exc: LoginRequired) -> Response:

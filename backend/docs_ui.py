@@ -4,8 +4,8 @@ FastAPI's own /docs loads Swagger UI from a CDN (a blank page without the intern
 here with FastAPI's get_swagger_ui_html / get_redoc_html, pointing at /docs-assets/ (a StaticFiles mount of
 the package's static folder: the Swagger UI bundle and CSS, ReDoc's standalone bundle, a favicon). Swagger's
 page starts with one inline script; its policy allows exactly that script by hash (backend.headers.csp).
-ReDoc runs its search in a `blob:` worker (measured in Chromium: refused under `worker-src 'self'`, and the
-search then finds nothing), so its page alone allows `worker-src blob:`. ReDoc's sidebar also asks a CDN
+ReDoc runs its search in a `blob:` worker (Chromium refuses it under `worker-src 'self'`, and the search then
+finds nothing), so its page alone allows `worker-src blob:`. ReDoc's sidebar also asks a CDN
 for a "by Redocly" logo; the policy refuses it and ReDoc hides the broken image.
 """
 

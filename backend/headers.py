@@ -1,8 +1,8 @@
 """Security headers on every response: pages, API, static files, errors (an unhandled exception included).
 
 - Content-Security-Policy: scripts, styles, fonts and fetches from this origin only; no inline script, no
-  eval, no plugins, no framing (`frame-ancestors 'none'`), forms post only here. Measured in Chromium
-  (tests/browser: no violation on any page): the templates have no inline script or style, and Plotly draws
+  eval, no plugins, no framing (`frame-ancestors 'none'`), forms post only here. Checked in Chromium
+  by tests/browser (no violation on any page): the templates have no inline script or style, and Plotly draws
   every trace type backend.figures uses without eval. With `style-src 'self'` Chromium refuses the `<style>`
   element Plotly fills with its modebar rules and its inline style attributes (the modebar loses its layout),
   so styles allow 'unsafe-inline' — an inline style can restyle a page, not run code. Images may be `data:` /

@@ -5,13 +5,14 @@ body is counted as it arrives and refused with 413 as soon as it passes its limi
 Content-Length over the limit is refused before a byte is read): REPSCOPE_MAX_RESULT_BYTES for a worker's
 result (it carries figure data), REPSCOPE_MAX_JSON_BYTES for the rest. Slow bodies are answered 408: one that
 sends nothing for REPSCOPE_UPLOAD_IDLE_TIMEOUT_S, a JSON body (at most 1 MiB) that has not arrived whole within
-that time (a byte every 50 s kept one open for ever), and a worker's result or an upload (backend.multipart)
-whose average rate falls below REPSCOPE_UPLOAD_MIN_BYTES_PER_S, checked once per idle-timeout window.
+that time (else a client sending a byte now and then holds it open for ever), and a worker's result or an
+upload (backend.multipart) whose average rate falls below REPSCOPE_UPLOAD_MIN_BYTES_PER_S, checked once per
+idle-timeout window.
 
 A JSON body is then checked on its bytes, before any parser recurses into it: nesting deeper than
-REPSCOPE_MAX_JSON_DEPTH is a 422 (a 400-level config was stored and then broke every listing that serialized
-it). A 400 for bytes that are not UTF-8 (RFC 8259 §8.1: json.loads would auto-detect UTF-16/32, where the
-escape scan below cannot see), a \\uD800-style escape without its pair (Python's json accepts lone surrogates;
+REPSCOPE_MAX_JSON_DEPTH is a 422 (a deeper value, once stored, breaks every listing that serializes it). A 400
+for bytes that are not UTF-8 (RFC 8259 §8.1: json.loads would auto-detect UTF-16/32, where the escape scan
+below cannot see), a \\uD800-style escape without its pair (Python's json accepts lone surrogates;
 the database driver and the response encoder then fail on them) and a NUL, raw or \\u0000 (PostgreSQL text
 cannot hold one). Once these pass, no decoded string can hold a surrogate or a NUL. A URL's path or query, or a
 urlencoded form, that is not UTF-8 or holds a NUL once percent-decoded is a 400 as well.
@@ -173,7 +174,7 @@ UTF8_ONLY = "JSON bodies must be UTF-8 (RFC 8259 §8.1)"
 
 def _body_kind(scope: Scope) -> str | None:
     """"json" exactly when FastAPI would parse the body as JSON (its own test, copied: no Content-Type, or
-    application/json or application/<anything>+json), "form" for what pages_auth reads as a urlencoded form,
+    application/json or application/<anything>+json), "form" for what backend.pages.auth reads as a urlencoded form,
     else None (multipart parts are checked by backend.multipart)."""
     value = next((v for n, v in scope.get("headers", ()) if n == b"content-type"), b"")
     if not value:

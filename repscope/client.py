@@ -117,11 +117,11 @@ class Client:
         return _check(self.http.get("/health")).json()
 
     def run(self, project: str, name: str, config: dict[str, Any] | None = None, tags: Iterable[str] = (), *,
-            background: bool = True, max_pending: int = 8) -> Run:
+            background: bool = True, max_pending: int = 8) -> RunHandle:
         """Get or create the run (project, name). get-or-create is idempotent, so it is retried."""
         body = {"project": project, "name": name, "config": config or {}, "tags": list(tags)}
         info = RunRead.model_validate(_check(self._send(lambda: self.http.post("/runs", json=body))).json())
-        return Run(self, info, background=background, max_pending=max_pending)
+        return RunHandle(self, info, background=background, max_pending=max_pending)
 
     def evaluation(self, evaluation_id: int) -> EvaluationRead:
         response = self._send(lambda: self.http.get(f"/evaluations/{evaluation_id}"))
@@ -337,8 +337,9 @@ class _Uploader:
                 self._queue.task_done()
 
 
-class Run:
-    """A training run: log embeddings, checkpoints and scalars at training steps; wait; read metrics back.
+class RunHandle:
+    """A training run as the client holds it (`Client.run`): log embeddings, checkpoints and scalars at training
+    steps; wait; read metrics back.
 
     By default uploads go through a background thread (`background=True`): `log_*` return an `Upload` handle
     at once, after copying what they were given, so the caller may keep training and mutate its tensors.
@@ -352,7 +353,7 @@ class Run:
         self._uploader = _Uploader(max_pending) if background else None
 
     def __repr__(self) -> str:
-        return f"Run(id={self.id}, project={self.info.project!r}, name={self.info.name!r})"
+        return f"RunHandle(id={self.id}, project={self.info.project!r}, name={self.info.name!r})"
 
     def _submit(self, job: Callable[[], Any]) -> Upload:
         if self._uploader is None:
@@ -435,7 +436,7 @@ class Run:
             self._uploader.flush()
 
     def wait(self, timeout: float = 600.0) -> list[EvaluationRead]:
-        """Flush, then block until every evaluation queued by this Run object has finished, including the
+        """Flush, then block until every evaluation queued by this handle has finished, including the
         suites a checkpoint's embedding step queues once its embeddings exist. Raises the first upload error."""
         self.flush()
         ids: list[int] = []

@@ -145,11 +145,3 @@ def split_checkpoint_suites(suites: list[str]) -> tuple[list[str], list[str]]:
     on_embeddings = [s for s in suites if get(s).embeddings and not get(s).encoder]
     return on_encoder, on_embeddings
 
-
-def __getattr__(name: str) -> object:
-    """The tuples older callers read, computed from the registry (so a registered suite shows up in them)."""
-    derived = {"AVAILABLE_SUITES": available, "EMBEDDING_SUITES": embedding_suites,
-               "CHECKPOINT_SUITES": encoder_suites, "NEEDS_LABELS": lambda: frozenset(needing(LABELS))}
-    if name in derived:
-        return derived[name]()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from sqlalchemy import text
 
 from backend.api.deps import QueueDep, SessionDep
 from backend.services.evaluations import workers_seen
+from backend.services.health import database_status
 from repscope import __version__
 from repscope.schemas import Health
 
@@ -13,11 +13,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=Health)
 def health(session: SessionDep, queue: QueueDep) -> Health:
-    try:
-        session.execute(text("SELECT 1"))
-        database = "ok"
-    except Exception as exc:  # noqa: BLE001
-        database = f"unreachable: {exc}"
+    database = database_status(session)
     broker = queue.ping()
     status = "ok" if database == "ok" and broker == "ok" else "degraded"
     return Health(status=status, database=database, broker=broker,

@@ -20,12 +20,13 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session, aliased, selectinload
 
 from backend.models import Artifact, Dataset, Evaluation, Run
 from backend.services import Conflict, NotFound
 from backend.services.evaluations import check_claim, get_evaluation
 from backend.storage import ArtifactStore, Received
+from repscope.cache import embedding_cache_key
 from repscope.formats import FormatError, ZipLimits, inspect_embeddings
 from repscope.schemas import ArtifactRead, EvaluationBrief, Status
 from repscope.suites import EMBED_STEP, check_suites, default_suites, split_checkpoint_suites
@@ -238,15 +239,15 @@ def evaluation_briefs(evaluations: list[Evaluation]) -> list[EvaluationBrief]:
     return [EvaluationBrief(id=e.id, suite=e.suite, status=Status(e.status)) for e in evaluations]
 
 
-def list_run_artifacts(session: Session, run_id: int) -> list[Artifact]:
-    return list(session.scalars(select(Artifact).where(Artifact.run_id == run_id)
-                                .order_by(Artifact.step, Artifact.id)).all())
+def list_run_artifacts(session: Session, run_id: int, *, with_evaluations: bool = False) -> list[Artifact]:
+    """A run's artifacts by step; `with_evaluations` loads each one's evaluations too (one more query, not N)."""
+    stmt = select(Artifact).where(Artifact.run_id == run_id).order_by(Artifact.step, Artifact.id)
+    if with_evaluations:
+        stmt = stmt.options(selectinload(Artifact.evaluations))
+    return list(session.scalars(stmt).all())
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
-
-EMBED_VERSION = "v1"  # bump when the worker's preprocessing changes: old cached embeddings stop matching
-
 
 def dataset_content_hash(dataset: Dataset) -> str | None:
     """What pins a dataset's images: an upload's sha256, a built-in's generator version. A server folder has
@@ -254,15 +255,6 @@ def dataset_content_hash(dataset: Dataset) -> str | None:
     if dataset.kind == "path" or not dataset.sha256 or dataset.sha256.startswith("path:"):
         return None
     return dataset.sha256
-
-
-def embedding_cache_key(checkpoint_sha: str, dataset_hash: str, params: dict) -> str:
-    """sha256 of (checkpoint bytes, dataset content, preprocessing): the same checkpoint on the same dataset
-    with the same preprocessing is embedded once."""
-    preprocessing = {k: params.get(k) for k in ("arch", "pool", "output", "views", "image_size")}
-    blob = json.dumps({"checkpoint": checkpoint_sha, "dataset": dataset_hash, "preprocessing": preprocessing,
-                       "version": EMBED_VERSION}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def find_cached_embeddings(session: Session, store: ArtifactStore, cache_key: str,

@@ -11,7 +11,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric, Run
@@ -37,6 +37,13 @@ def all_series(session: Session, run_id: int) -> dict[str, MetricSeries]:
     return {k: MetricSeries(run_id=run_id, key=k, points=v,
                             source="computed" if v[0].evaluation_id is not None else "logged")
             for k, v in points.items()}
+
+
+def series_version(session: Session, run_id: int) -> str:
+    """"<rows>:<newest id>" of the run's Metric rows: changes whenever a series gains, loses or replaces a point,
+    so a page that holds this version knows its charts are current without reading the series."""
+    n, last = session.execute(select(func.count(Metric.id), func.max(Metric.id)).where(Metric.run_id == run_id)).one()
+    return f"{n}:{last}"
 
 
 def latest(series: MetricSeries) -> tuple[int, float] | None:

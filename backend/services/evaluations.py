@@ -19,8 +19,7 @@ from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric
-from backend.services import Conflict, NotFound
-from backend.services import workers as worker_registry
+from backend.services import Conflict, NotFound, worker_registry
 from repscope.schemas import EvaluationPatch, EvaluationRead, EvaluationResultIn, Status
 
 
@@ -47,6 +46,12 @@ def evaluation_read(evaluation: Evaluation, *, with_result: bool = True) -> Eval
         metrics={m.key: m.value for m in evaluation.metrics},
         result=evaluation.result if with_result else None,
     )
+
+
+def derived_evaluations(session: Session, artifact_id: int) -> list[Evaluation]:
+    """Evaluations of the artifacts derived from `artifact_id` (a checkpoint's embeddings), oldest first."""
+    return list(session.scalars(select(Evaluation).join(Artifact, Evaluation.artifact_id == Artifact.id)
+                                .where(Artifact.parent_id == artifact_id).order_by(Evaluation.id)))
 
 
 def list_evaluations(session: Session, *, run_id: int | None = None, suite: str | None = None,

@@ -9,15 +9,15 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, joinedload
 
 from backend.models import Artifact, Evaluation, Run
+from backend.services import worker_registry
 from backend.services.evaluations import now
-from backend.services.workers import all_workers
 from repscope.schemas import FINISHED, Status
 
 ACTIVE_WITHIN = timedelta(hours=1)
 
 
 @dataclass
-class WorkerSeen:
+class WorkerSummary:
     name: str
     device: str | None       # as reported on its claims; else the newest result's variant["device"]
     queues: str | None       # comma list of the queues it took work from (None before it reported one)
@@ -81,7 +81,7 @@ def _evaluation_counts(session: Session) -> dict[str, tuple]:
 
 
 def _result_device(session: Session, name: str) -> str | None:
-    """The device of the worker's newest succeeded result (workers that claimed before devices were reported)."""
+    """The device of the worker's newest succeeded result (for a worker whose claims named no device)."""
     result = session.scalar(select(Evaluation.result).where(Evaluation.worker == name,
                                                             Evaluation.status == Status.succeeded.value)
                             .order_by(Evaluation.id.desc()).limit(1))
@@ -94,11 +94,11 @@ def _latest(*times: datetime | None) -> datetime | None:
     return max(known) if known else None
 
 
-def workers(session: Session) -> list[WorkerSeen]:
+def worker_summaries(session: Session) -> list[WorkerSummary]:
     """Every worker that introduced itself on a claim or is named on an evaluation, most recently seen first,
     with its device, its queues and its evaluation counts."""
     counts = _evaluation_counts(session)
-    registered = {w.name: w for w in all_workers(session)}
+    registered = {w.name: w for w in worker_registry.registered(session)}
     t = now()
     out = []
     for name in set(counts) | set(registered):
@@ -106,7 +106,7 @@ def workers(session: Session) -> list[WorkerSeen]:
         row = registered.get(name)
         device = row.device if row is not None and row.device else _result_device(session, name)
         last = _latest(last, row.last_seen if row is not None else None)
-        out.append(WorkerSeen(name=name, device=device, queues=row.queues if row is not None else None,
+        out.append(WorkerSummary(name=name, device=device, queues=row.queues if row is not None else None,
                               last_seen=last, active=last is not None and t - last < ACTIVE_WITHIN,
                               running=int(running or 0), succeeded=int(succeeded or 0), failed=int(failed or 0)))
     return sorted(out, key=lambda w: (w.last_seen or datetime.min.replace(tzinfo=UTC), w.name), reverse=True)

@@ -1,7 +1,7 @@
 """Projects and runs: get-or-create, listing with search, tags and pagination.
 
-A run's config is clipped to MAX_CONFIG_DEPTH levels as it is loaded (see _clip_config): rows stored before
-the limit existed must not break the listings, pages and comparisons that serialize them.
+A run's config is clipped to MAX_CONFIG_DEPTH levels as it is loaded (see _clip_config): a deeper row, however it
+was written, must not break the listings, pages and comparisons that serialize it.
 """
 
 from __future__ import annotations

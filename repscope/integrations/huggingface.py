@@ -6,6 +6,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from repscope.client import RunHandle
 from repscope.integrations.probe import ProbeSetLogger
 
 
@@ -16,7 +17,7 @@ class RepscopeTrainerCallback(TrainerCallback):
     The default `embed_fn(model, batch)` is the first token of `last_hidden_state` (CLS); pass your own for
     mean pooling or a pooler output. Batches are moved to the model's device."""
 
-    def __init__(self, run: Any, probe_batches: Any, **kwargs: Any) -> None:
+    def __init__(self, run: RunHandle, probe_batches: Any, **kwargs: Any) -> None:
         self.logger = ProbeSetLogger(run, probe_batches, **kwargs)
 
     def _move(self, model: Any) -> None:

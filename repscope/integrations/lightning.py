@@ -9,6 +9,7 @@ try:
 except ImportError:  # the older package name
     from pytorch_lightning.callbacks import Callback
 
+from repscope.client import RunHandle
 from repscope.integrations.probe import ProbeSetLogger
 
 
@@ -18,7 +19,7 @@ class RepscopeCallback(Callback):
     `embed_fn(pl_module, batch)` defaults to `pl_module(batch)`; the probe batches are moved to the module's
     device. Logs at step 0 and every `every_n_steps` global steps, and once more when training ends."""
 
-    def __init__(self, run: Any, probe_batches: Any, **kwargs: Any) -> None:
+    def __init__(self, run: RunHandle, probe_batches: Any, **kwargs: Any) -> None:
         super().__init__()
         self.logger = ProbeSetLogger(run, probe_batches, **kwargs)
 

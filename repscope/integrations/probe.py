@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from repscope.client import Run, Upload
+from repscope.client import RunHandle, Upload
 
 
 def _default_embed(model: Any, batch: Any) -> Any:
@@ -26,7 +26,7 @@ class ProbeSetLogger:
                      model's device or moved there by `embed_fn`; they are never shuffled, so steps compare.
     """
 
-    def __init__(self, run: Run, probe_batches: Sequence[Any], *, labels: Any = None, every_n_steps: int = 1000,
+    def __init__(self, run: RunHandle, probe_batches: Sequence[Any], *, labels: Any = None, every_n_steps: int = 1000,
                  embed_fn: Callable[[Any, Any], Any] | None = None, dataset: str | None = None,
                  suites: Sequence[str] | None = None, log_at_start: bool = True) -> None:
         if every_n_steps < 1:

@@ -1,5 +1,7 @@
-"""Workers as they introduce themselves: a claim names the worker, its device and the queue the task came from;
-every claim and heartbeat renews `last_seen`. The jobs page reads these rows."""
+"""The registry of evaluation workers (the `workers` table): a worker is one process consuming evaluation tasks
+(a Celery worker started by `repscope worker` or `repscope serve`), known by the name it claims under. A claim
+names the worker, its device and the queue the task came from; every claim and heartbeat renews `last_seen`.
+The jobs page reads these rows (backend.services.jobs.worker_summaries)."""
 
 from __future__ import annotations
 
@@ -54,5 +56,6 @@ def touch(session: Session, name: str | None, at: datetime) -> None:
         session.execute(update(Worker).where(Worker.name == name).values(last_seen=at))
 
 
-def all_workers(session: Session) -> list[Worker]:
+def registered(session: Session) -> list[Worker]:
+    """Every worker that ever claimed an evaluation."""
     return list(session.scalars(select(Worker)))

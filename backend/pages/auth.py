@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from backend.api.deps import SessionDep
 from backend.api.params import SqlInt
+from backend.pages.templates import render
 from backend.security import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
@@ -67,16 +68,10 @@ async def _form(request: Request) -> dict[str, str]:
     return form
 
 
-def _templates():  # noqa: ANN202 - late import: pages imports this module's dependency
-    from backend.pages import TEMPLATES
-
-    return TEMPLATES
-
-
 def _login_page(request: Request, next_url: str, error: str | None = None, status: int = 200) -> HTMLResponse:
     nonce = secrets.token_urlsafe(24)
-    response = _templates().TemplateResponse(request, "login.html", {"next": next_url, "error": error,
-                                                                    "login_csrf": nonce}, status_code=status)
+    response = render(request, "login.html", {"next": next_url, "error": error, "login_csrf": nonce},
+                      status_code=status)
     response.set_cookie(LOGIN_CSRF_COOKIE, nonce, max_age=3600, httponly=True, samesite="strict",
                         secure=cookie_secure(request, request.app.state.settings), path="/login")
     return response
@@ -123,7 +118,7 @@ async def logout(request: Request, session: SessionDep) -> Response:
 def _admin_page(request: Request, session, created: dict | None = None, error: str | None = None,  # noqa: ANN001
                 status: int = 200) -> HTMLResponse:
     tokens = token_service.list_tokens(session)
-    return _templates().TemplateResponse(request, "admin_tokens.html", {
+    return render(request, "admin_tokens.html", {
         "tokens": tokens, "scopes": token_service.SCOPES, "created": created, "error": error,
     }, status_code=status)
 

@@ -1,0 +1,17 @@
+"""Public assets served from installed packages (the login page needs them too, so no sign-in)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/static/vendor/plotly.min.js")
+def plotly_js() -> FileResponse:
+    """Plotly.js from the installed plotly package: no CDN, works offline."""
+    path = resources.files("plotly") / "package_data" / "plotly.min.js"
+    return FileResponse(str(path), media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})

@@ -1,0 +1,25 @@
+"""The upload form: embeddings or a checkpoint for a run, with the suites to queue."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+
+from backend.api.deps import SessionDep
+from backend.pages.auth import page_reader
+from backend.pages.templates import render
+from backend.services import runs as run_service
+from repscope import suites as registry
+
+ARCH_SUGGESTIONS = ("resnet18_cifar", "resnet50", "vit_small", "vit_tiny")
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(page_reader)])
+
+
+@router.get("/upload", response_class=HTMLResponse)
+def upload_page(request: Request, session: SessionDep, project: str | None = None,
+                run: str | None = None) -> HTMLResponse:
+    return render(request, "upload.html", {
+        "projects": [p.name for p in run_service.list_projects(session)], "project": project or "",
+        "run": run or "", "suites": registry.available(), "needs_labels": sorted(registry.needing(registry.LABELS)),
+        "archs": ARCH_SUGGESTIONS})
