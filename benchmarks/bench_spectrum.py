@@ -20,7 +20,9 @@ import torch
 
 from benchmarks.common import best_of, best_of_interleaved, machine, write_section
 from worker.suites.base import no_progress
-from worker.suites.spectrum import _accumulate, _eigvalsh, gram_spectrum, rankme, run_spectrum
+from worker.suites.spectrum import gram_spectrum, rankme, run_spectrum
+from worker.suites.spectrum.gram import accumulate as _accumulate
+from worker.suites.spectrum.gram import eigvalsh as _eigvalsh
 
 
 def embeddings(n: int, d: int, seed: int = 0, dtype=np.float32) -> np.ndarray:

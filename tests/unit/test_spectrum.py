@@ -13,7 +13,6 @@ import torch
 from scipy.spatial.distance import pdist
 
 from tests.reference import load_minilm
-from worker.suites import spectrum as sp
 from worker.suites.spectrum import (
     ALPHA_FIT_RANGE,
     RANKME_EPS,
@@ -26,6 +25,7 @@ from worker.suites.spectrum import (
     run_spectrum,
     uniformity,
 )
+from worker.suites.spectrum import gram as sp
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
