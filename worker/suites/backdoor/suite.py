@@ -9,14 +9,15 @@ import numpy as np
 
 from worker.suites.base import EncodeFn, ProgressFn, SuiteResult
 
+from .encoder import scan_encoder
+from .pool import scan_pool
+
 MONTAGE_SIDE = 4  # the 16 most suspicious samples, ranked row by row
 MONTAGE_CELL = 48  # pixels per montage cell
 
 
 def on_embeddings(arrays: Any, params: dict[str, Any], device: str, progress: ProgressFn) -> SuiteResult:
     """The pool scan: which samples of a possibly poisoned unlabeled pool look planted (AUROC with `poison`)."""
-    from worker.suites.backdoor import scan_pool
-
     params = dict(params)
     images = params.pop("images", None)
     result = scan_pool(np.asarray(arrays.embeddings), images=images, poison=arrays.poison, device=device,
@@ -32,8 +33,6 @@ def on_embeddings(arrays: Any, params: dict[str, Any], device: str, progress: Pr
 def on_encoder(encode: EncodeFn, images: np.ndarray, labels: np.ndarray | None, device: str,
                progress: ProgressFn) -> SuiteResult:
     """The encoder scan: known-trigger collapse and DECREE over the dataset's clean images."""
-    from worker.suites.backdoor import scan_encoder
-
     return scan_encoder(encode, images, labels=labels, device=device, progress=progress)
 
 
