@@ -23,7 +23,6 @@ from sklearn.metrics import (
 from sklearn.preprocessing import StandardScaler
 
 from tests.reference import load_minilm
-from worker.suites import probes as pr
 from worker.suites.probes import (
     DEFAULT_C_GRID,
     auroc,
@@ -39,6 +38,7 @@ from worker.suites.probes import (
     stratified_split,
     weighted_knn,
 )
+from worker.suites.probes import lbfgs as pr
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 SK_TOL = 1e-8  # scikit-learn run to (near) convergence: the reference optimum
