@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> str:
         f"{args.steps} SimCLR steps of batch {BATCH} on the 4 800 shapes train images (crop 0.25–1 + flip, "
         f"colour jitter, grayscale; τ = 0.5), seed {SEED}; '+ rotation' adds a uniform ±180° rotation to every "
         f"view. Suite: all {len(FAMILY_NAMES)} families, 1 000 of the 1 200 test-split images, {results[names[0]].variant['n_draws']} "
-        "parameter draws per image for B, defaults otherwise (worker/suites/equivariance.py).",
+        "parameter draws per image for B, defaults otherwise (worker/suites/equivariance/).",
         "",
         "| | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.datasets import transforms as T
-from worker.suites.equivariance import rotate
+from worker.suites.equivariance.transforms import rotate
 
 CHANNELS = (32, 64, 64)  # conv widths, every conv stride 2 → 4×4 maps at 32 px, then global average pool
 PROJ_DIM = 64
