@@ -178,7 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from repscope.formats import FormatError, load_embeddings
     from repscope.suites import default_suites
     from worker.engine import pick_device
-    from worker.suites import ON_EMBEDDINGS as SUITES
+    from worker.suite_runners import ON_EMBEDDINGS as SUITES
 
     try:
         arrays = load_embeddings(args.file)

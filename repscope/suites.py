@@ -3,7 +3,7 @@
 This is the one place a suite is declared. The API validates uploads with it, the pages list it, the worker's
 engine, derive step and sandbox child dispatch on it, and `repscope eval` runs from it; none of them names a suite.
 It lives in `repscope/` (torch-free) because the backend must validate suite names without importing the worker;
-the worker resolves `SuiteSpec.module` to the functions that run it (worker.suites.runner).
+the worker resolves `SuiteSpec.module` to the functions that run it (worker.suite_runners).
 
 Adding a suite: a package `worker/suites/<name>/` whose `suite.py` defines `on_embeddings(arrays, params, device,
 progress)` and/or `on_encoder(encode, images, labels, device, progress)` returning a SuiteResult, plus one `SuiteSpec`

@@ -18,7 +18,7 @@ from repscope.schemas import ClaimResponse, EvaluationResultIn
 from repscope.settings import Settings
 from repscope.suites import EMBED_STEP, IMAGES
 from worker.derive import run_embed, run_on_encoder
-from worker.suites import runner as suite_runner
+from worker.suite_runners import runner as suite_runner
 from worker.suites.base import ProgressFn
 
 log = logging.getLogger(__name__)

@@ -90,7 +90,7 @@ def test_suites_import_only_the_numeric_stack_common_and_themselves():
             top = imp.split(".")[0]
             if top in ("worker", "repscope"):
                 ok = (imp.startswith(own) or imp.startswith("worker.suites.common") or imp == "worker.suites.base"
-                      or imp == "worker.suites" or (mod == "worker.suites" and imp.startswith("repscope")))
+                      or imp == "worker.suites")
                 assert ok, f"{mod} imports {imp}: a suite imports only worker.suites.common/base and itself"
             else:
                 assert top in allowed_third_party, f"{mod} imports {imp}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from repscope.formats import EmbeddingsArrays
-from worker.suites import ON_EMBEDDINGS as SUITES
+from worker.suite_runners import ON_EMBEDDINGS as SUITES
 from worker.suites.backdoor.suite import montage
 from worker.suites.base import no_progress
 

@@ -54,7 +54,7 @@ def test_bad_specs_and_names_are_refused():
 
 
 def test_worker_resolves_each_suite_to_its_package():
-    from worker.suites import ON_EMBEDDINGS, ON_ENCODER, runner
+    from worker.suite_runners import ON_EMBEDDINGS, ON_ENCODER, runner
 
     assert list(ON_EMBEDDINGS) == ["spectrum", "probes", "backdoor"] and list(ON_ENCODER) == ["equivariance",
                                                                                               "backdoor"]

@@ -87,7 +87,7 @@ def run_suite(req: dict[str, Any], channel: Channel) -> None:
 
     from worker.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
     from worker.models.features import encode as forward
-    from worker.suites import runner
+    from worker.suite_runners import runner
 
     images = np.load(req["images"], allow_pickle=False)
     labels = np.load(req["labels"], allow_pickle=False) if req.get("labels") else None
