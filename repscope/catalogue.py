@@ -329,28 +329,3 @@ def legend_order(key: str) -> tuple[int, int, str]:
         return (0, 0, key)
     return (i, int(values.get("k", 0)), key)
 
-
-def headline_keys() -> tuple[str, ...]:
-    return HEADLINE
-
-
-def radar_keys() -> tuple[str, ...]:
-    return RADAR
-
-
-def table_columns() -> tuple[str, ...]:
-    return TABLE_COLUMNS
-
-
-def leaderboard_columns() -> tuple[str, ...]:
-    return LEADERBOARD_COLUMNS
-
-
-def label_free_keys() -> tuple[str, ...]:
-    """The label-free metrics the selection view ranks checkpoints by."""
-    return SELECTION_KEYS
-
-
-def probe_keys() -> tuple[str, ...]:
-    """The probe accuracies the selection view compares them with."""
-    return SELECTION_PROBES

@@ -18,8 +18,8 @@ from backend.services import compare as compare_service
 from backend.services import leaderboards as leaderboard_service
 from repscope import catalogue
 
-COMPARE_HEADLINE = catalogue.headline_keys()
-RADAR_KEYS = catalogue.radar_keys()
+COMPARE_HEADLINE = catalogue.HEADLINE
+RADAR_KEYS = catalogue.RADAR
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(page_reader)])
 

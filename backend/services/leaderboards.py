@@ -46,7 +46,7 @@ from repscope import catalogue
 from repscope.catalogue import Direction
 
 NO_DATASET = "-"  # leaderboard of embeddings uploaded without a dataset name
-DEFAULT_COLUMNS = catalogue.leaderboard_columns()
+DEFAULT_COLUMNS = catalogue.LEADERBOARD_COLUMNS
 MAX_METRICS = 50
 
 Pick = Literal["best", "last"]

@@ -26,7 +26,7 @@ from backend.services.leaderboards import direction
 from backend.services.metrics import logged_key, of_source, qualified, split_key
 from repscope import catalogue
 
-TABLE_COLUMNS = catalogue.table_columns()
+TABLE_COLUMNS = catalogue.TABLE_COLUMNS
 SORTS = ("created", "name")
 
 

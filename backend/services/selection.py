@@ -27,8 +27,8 @@ from backend.services.leaderboards import direction, score
 from backend.services.metrics import logged_key, qualified
 from repscope import catalogue
 
-LABEL_FREE_KEYS = catalogue.label_free_keys()
-PROBE_KEYS = catalogue.probe_keys()
+LABEL_FREE_KEYS = catalogue.SELECTION_KEYS
+PROBE_KEYS = catalogue.SELECTION_PROBES
 
 
 # --- rank correlations --------------------------------------------------------------------------------------

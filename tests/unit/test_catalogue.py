@@ -22,7 +22,7 @@ def emitted() -> dict[str, set[str]]:
     """{suite: metric keys} from every suite run on tiny generated inputs (every code path that adds keys:
     labels, open set, views for LiDAR, poison flags and RGB images, every equivariance family with both heads,
     every trigger with labels and a few DECREE steps)."""
-    from worker.suites import runner
+    from worker.suite_runners import runner
     from worker.suites.backdoor import scan_encoder
     from worker.suites.equivariance import run_equivariance
 
@@ -101,10 +101,10 @@ def test_views_name_catalogue_keys():
         assert len(keys) == len(set(keys)), view
         for key in keys:
             assert catalogue.lookup(key, nested=False) is not None, (view, key)
-    for key in (*catalogue.radar_keys(), *catalogue.label_free_keys(), *catalogue.probe_keys()):
+    for key in (*catalogue.RADAR, *catalogue.SELECTION_KEYS, *catalogue.SELECTION_PROBES):
         assert catalogue.direction(key) != "none", key
-    assert all(catalogue.lookup(k).label_free for k in catalogue.label_free_keys())
-    assert all(catalogue.is_fraction(k) and not catalogue.lookup(k).label_free for k in catalogue.probe_keys())
+    assert all(catalogue.lookup(k).label_free for k in catalogue.SELECTION_KEYS)
+    assert all(catalogue.is_fraction(k) and not catalogue.lookup(k).label_free for k in catalogue.SELECTION_PROBES)
 
 
 def test_placeholder_vocabularies_match_the_suites():
@@ -158,12 +158,12 @@ def test_consumers_read_the_catalogue(emitted):
         assert figures.is_fraction(key) == catalogue.is_fraction(key), key
         assert metric_service.in_catalogue(key), key
     assert leaderboards.direction("logged:uniformity") == "none"
-    assert runs_table.TABLE_COLUMNS == catalogue.table_columns()
-    assert leaderboards.DEFAULT_COLUMNS == catalogue.leaderboard_columns()
-    assert selection.LABEL_FREE_KEYS == catalogue.label_free_keys()
-    assert selection.PROBE_KEYS == catalogue.probe_keys()
-    assert compare_page.COMPARE_HEADLINE == catalogue.headline_keys()
-    assert compare_page.RADAR_KEYS == catalogue.radar_keys()
+    assert runs_table.TABLE_COLUMNS == catalogue.TABLE_COLUMNS
+    assert leaderboards.DEFAULT_COLUMNS == catalogue.LEADERBOARD_COLUMNS
+    assert selection.LABEL_FREE_KEYS == catalogue.SELECTION_KEYS
+    assert selection.PROBE_KEYS == catalogue.SELECTION_PROBES
+    assert compare_page.COMPARE_HEADLINE == catalogue.HEADLINE
+    assert compare_page.RADAR_KEYS == catalogue.RADAR
     rules = {r["pattern"]: r["direction"] for r in leaderboards.directions_table()}
     for spec in catalogue.METRICS:
         assert (spec.glob in rules) == (spec.direction != "higher"), spec.key
