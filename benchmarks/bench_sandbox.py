@@ -22,7 +22,7 @@ import torch
 from benchmarks.bench_embed import uint8_images
 from benchmarks.common import best_of_interleaved, machine, write_section
 from worker.embed import embed
-from worker.models.archs import resnet18_cifar
+from worker.models.cifar import resnet18_cifar
 from worker.models.loading import load_encoder
 from worker.sandbox import EncoderJob, run_job
 

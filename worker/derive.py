@@ -24,6 +24,7 @@ from repscope.suites import LABELS
 from worker.suites.base import ProgressFn, SuiteResult
 
 VIEW_SEED = 0
+PREPROCESSING_FIELDS = ("mean", "std", "resize", "crop", "interpolation")  # upload overrides of the model config's
 
 
 def fetch_dataset(name: str, client: Client, settings: Settings):  # noqa: ANN201 - ImageDataset
@@ -51,7 +52,10 @@ def sandbox_job(claim: ClaimResponse, settings: Settings, device: str, task: str
     from worker.sandbox import EncoderJob
 
     params = claim.evaluation.params
+    overrides = {k: params[k] for k in PREPROCESSING_FIELDS if params.get(k) is not None}
     return EncoderJob(task=task, format=claim.artifact.format, arch=params.get("arch"),
+                      arch_kwargs=params.get("arch_kwargs"), checkpoint_key=params.get("checkpoint_key"),
+                      preprocessing=overrides or None,
                       pool=params.get("pool", "cls"), output=params.get("output", "backbone"), device=device,
                       threads=torch.get_num_threads(),
                       memory_mb=settings.sandbox_memory_mb if not device.startswith("cuda") else None, **extra)
@@ -101,17 +105,33 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
         accepted = client.upload_file(
             claim.artifact.run_id, path, step=claim.artifact.step, dataset=params["dataset"],
             suites=params.get("suites"), extra={"evaluation": str(claim.evaluation.id), "claim": claim.claim})
-    spec = preprocessing_spec(image_size=report["input_size"], views=views, seed=VIEW_SEED,
+    spec = preprocessing_spec(preprocessing=_preprocessing(report), views=views, seed=VIEW_SEED,
                               precision=embed_precision(device), pool=report["pool"], output=report["output"])
     return SuiteResult(
         metrics={"embed_images_per_s": len(z) / max(seconds, 1e-9)},
         figures={"load_report": report["load_report"], "load_summary": report["load_summary"]},
-        variant={"checkpoint_format": report["format"], "arch": report["arch"], "dataset": params["dataset"],
+        variant={"checkpoint_format": report["format"], "arch": report["arch"], **_load_variant(report),
+                 "dataset": params["dataset"],
                  "n_images": int(len(z)), "dim": int(z.shape[1]), "preprocessing": spec,
                  "derived_artifact": accepted.artifact.id,
                  "queued_evaluations": [e.id for e in accepted.evaluations], "sandbox": out.mode},
         warnings=list(report["warnings"]),
     )
+
+
+def _load_variant(report: dict[str, Any]) -> dict[str, Any]:
+    """What of the load report names the variant: layout, nested key, stripped prefix, architecture kwargs."""
+    load = report["load_report"]
+    arch = load.get("architecture") if isinstance(load.get("architecture"), dict) else {}
+    return {"layout": load.get("layout"), "checkpoint_key": load.get("source_key"), "prefix": load.get("prefix"),
+            "arch_kwargs": arch.get("kwargs") or {}, "arch_library": arch.get("library")}
+
+
+def _preprocessing(report: dict[str, Any]):  # noqa: ANN202 - Preprocessing
+    """The Preprocessing the sandboxed child applied (its report was validated by worker.sandbox)."""
+    from worker.datasets.preprocessing import Preprocessing
+
+    return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["preprocessing"].items()})
 
 
 def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,
@@ -130,5 +150,5 @@ def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, setti
     result = suite_result(out.result, suite)
     result.variant.update({"checkpoint_format": out.report["format"], "arch": out.report["arch"],
                            "dataset": params["dataset"], "sandbox": out.mode,
-                           "preprocessing": "resize to the encoder's input size, ImageNet mean/std"})
+                           "preprocessing": out.report["preprocessing"]})
     return result

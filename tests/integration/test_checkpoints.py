@@ -13,8 +13,9 @@ import torch
 
 import repscope
 from worker.datasets.builtin import load_builtin
+from worker.datasets.preprocessing import Preprocessing, apply
 from worker.datasets.transforms import preprocess
-from worker.models.archs import resnet18_cifar
+from worker.models.cifar import resnet18_cifar
 
 pytestmark = pytest.mark.integration
 
@@ -89,10 +90,11 @@ def test_torchscript_checkpoint_is_embedded_and_evaluated(deployment, tmp_path):
 
 def test_state_dict_with_prefixes_loads_into_the_named_arch(deployment, tmp_path):
     torch.manual_seed(1)
-    model = resnet18_cifar(width=8).eval()
+    model = resnet18_cifar().eval()
     state = {"state_dict": {f"module.backbone.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}
     path = tmp_path / "ckpt.pth"
     torch.save(state, path)
+    model.fc = torch.nn.Identity()  # the embeddings are the features, not the classifier's logits
     client = repscope.Client(deployment.url)
     run = client.run(project="ckpt", name=f"state-dict-{deployment.name}")
     client.upload_file(run.id, path, step=7, kind="checkpoint", dataset="digits", suites=["spectrum"],
@@ -100,16 +102,23 @@ def test_state_dict_with_prefixes_loads_into_the_named_arch(deployment, tmp_path
     finished = wait_all(client, run.id, deployment)
     assert all(e["status"] == "succeeded" for e in finished), finished
     _, served = served_embeddings(client, run.id, 7)
-    np.testing.assert_allclose(served, reference_embeddings(model), rtol=1e-4, atol=1e-4)
     embed = client.evaluation([e["id"] for e in finished if e["suite"] == "embed"][0])
+    # solo-learn's CIFAR evaluation preprocessing (from the architecture's config): 32 x 32, CIFAR mean / std
+    spec = embed.result["variant"]["preprocessing"]["preprocessing"]
+    assert spec["crop"] == [32, 32] and spec["mean"] == [0.4914, 0.4822, 0.4465]
+    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    x = torch.from_numpy(load_builtin("digits").images).permute(0, 3, 1, 2).float() / 255
+    with torch.inference_mode():
+        want = model.eval()(apply(x, prep)).numpy()
+    np.testing.assert_allclose(served, want, rtol=1e-4, atol=1e-4)
     report = embed.result["figures"]["load_report"]
-    # the classifier head was dropped on purpose; no encoder weight is missing
-    assert all(k.startswith("fc.") for k in report["missing"]) and "fc.weight" in report["dropped"]
-    assert report["renamed_prefixes"] and len(report["loaded"]) > 50
+    # the classifier head was dropped by its rule; every encoder weight was loaded
+    assert sorted(report["dropped"]["classifier head"]) == ["module.backbone.fc.bias", "module.backbone.fc.weight"]
+    assert report["prefix"] == "module.backbone." and len(report["loaded"]) == 120
 
 
 def test_checkpoint_missing_encoder_weights_fails_with_report(deployment, tmp_path):
-    model = resnet18_cifar(width=8)
+    model = resnet18_cifar()
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("layer4.")}
     path = tmp_path / "partial.pth"
     torch.save(state, path)
@@ -117,4 +126,4 @@ def test_checkpoint_missing_encoder_weights_fails_with_report(deployment, tmp_pa
     run = client.run(project="ckpt", name=f"partial-{deployment.name}")
     accepted = client.upload_file(run.id, path, step=1, kind="checkpoint", extra={"arch": "resnet18_cifar"})
     [ev] = client.wait([e.id for e in accepted.evaluations], raise_on_failure=False, timeout=180)
-    assert ev.status == "failed" and "missing" in ev.error and "layer4" in ev.error
+    assert ev.status == "failed" and "not in the checkpoint" in ev.error and "layer4" in ev.error

@@ -21,7 +21,7 @@ import yaml
 from repscope.settings import Settings
 from repscope.testing import ROOT
 from worker.embed import embed
-from worker.models.archs import resnet18_cifar
+from worker.models.cifar import resnet18_cifar
 from worker.models.loading import CheckpointError, load_encoder
 from worker.sandbox import EncoderJob, SandboxError, bwrap, check_at_start, probe, run_job
 from worker.sandbox.runner import read_array, read_json
@@ -185,7 +185,7 @@ def test_compose_workers_can_create_the_sandbox():
 @pytest.fixture(scope="module")
 def encoder_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    model = resnet18_cifar(width=8).eval()
+    model = resnet18_cifar().eval()
     path = tmp_path_factory.mktemp("enc") / "r18.pt"
     torch.jit.save(torch.jit.script(model), path)
     return path

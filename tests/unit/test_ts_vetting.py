@@ -187,10 +187,10 @@ def test_vetting_off_really_runs_the_ops(base, tmp_path, images, secret):
 
 
 def test_legitimate_models_pass(tmp_path, base):
-    from worker.models.archs import resnet18_cifar
+    from worker.models.cifar import resnet18_cifar
 
     torch.manual_seed(0)
-    model = resnet18_cifar(width=8).eval()
+    model = resnet18_cifar().eval()
     torch.jit.save(torch.jit.script(model), tmp_path / "script.pt")
     torch.jit.save(torch.jit.trace(model, torch.randn(2, 3, 32, 32)), tmp_path / "trace.pt")
     for name in ("script.pt", "trace.pt"):

@@ -1,17 +1,10 @@
-"""Encoder checkpoints: architectures, loading (TorchScript, torch.export, state_dict + architecture), features."""
+"""Encoder checkpoints: architectures from timm / torchvision / transformers, training codebases' layouts,
+strict loading (TorchScript, torch.export, state_dict, safetensors, Hugging Face zips), features."""
 
-from .archs import ARCHS, get_arch
+from .errors import CheckpointError
 from .features import encode
-from .loading import (
-    FORMATS,
-    CheckpointError,
-    LoadedEncoder,
-    LoadReport,
-    detect_checkpoint_format,
-    load_encoder,
-)
+from .loading import FORMATS, LoadedEncoder, detect_checkpoint_format, load_encoder
+from .strict import LoadReport
 
-__all__ = [
-    "ARCHS", "FORMATS", "CheckpointError", "LoadReport", "LoadedEncoder",
-    "detect_checkpoint_format", "encode", "get_arch", "load_encoder",
-]  # fmt: skip
+__all__ = ["FORMATS", "CheckpointError", "LoadReport", "LoadedEncoder", "detect_checkpoint_format", "encode",
+           "load_encoder"]

@@ -1,75 +1,63 @@
-"""Load an uploaded encoder checkpoint into an eval-mode ``nn.Module``.
+"""Load an uploaded encoder checkpoint into an eval-mode ``nn.Module`` and the preprocessing it expects.
 
 Formats (detected from the file's content; a format name given as ``fmt`` must agree, an extension only hints):
   torchscript  ``torch.jit.save`` zip: ``<root>/code/**.py`` + ``<root>/constants.pkl`` + ``data.pkl``
   export       ``torch.export.save`` .pt2 zip: ``<root>/archive_format`` ("pt2"), ``<root>/models/*.json``
-  state_dict   ``torch.save(state_dict)`` zip (``<root>/data.pkl``) or legacy raw pickle, plus an architecture
-  safetensors  8-byte little-endian header length + JSON header, plus an architecture
+  state_dict   ``torch.save(state_dict or a training checkpoint)`` zip (``<root>/data.pkl``) or legacy pickle
+  safetensors  8-byte little-endian header length + JSON header
+  hf           a zip of a Hugging Face ``save_pretrained`` folder: config.json + *.safetensors
 
 Uploaded files are untrusted (DESIGN.md). What runs, per format:
   * state_dict: ``torch.load(weights_only=True)`` only (tensors, containers, numbers, plus the inert
     argparse.Namespace / Lightning AttributeDict of training metadata); any other pickle global is refused
-    before anything is called. safetensors holds no code at all.
-  * torchscript: ``torch.jit.load`` runs no Python pickle (its C++ unpickler builds TorchScript types only),
-    but the archive's TorchScript code *does* run, at load (``__setstate__``) and in forward, and TorchScript
-    can read and write files (``torch.from_file``, ``torch.save``) and reach other op namespaces (c10d network
-    ops). After loading, every compiled graph goes through an operator allowlist (worker.models.ts_vetting:
-    aten / prim only, file / RPC / Python ops refused) before forward runs.
-  * export: ``torch.export.load`` is NOT safe on its own for untrusted files (its docstring says so):
-    pickled weights / constants / sample inputs fall back to ``torch.load(weights_only=False)``,
-    ``guards_code`` is ``exec``-ed, shape expressions go through ``sympy.sympify`` (``eval``), node targets
-    resolve any ``torch.*`` attribute (``torch.os.system``), and AOTInductor packages hold shared
-    libraries. ``vet_export_archive`` (torch-free, repscope.checkpoints, also run by the API at upload) refuses
-    all of these before torch sees the file; after loading, every graph node must be an aten / prims operator.
-  Neither interpreter is a sandbox (both are large C++ parsers of hostile bytes): the worker loads and runs
-  uploaded checkpoints only inside worker.sandbox (no secrets, no network, writes only to a scratch dir).
-  ``load_encoder`` in-process is for one's own files (``repscope eval``): TorchScript ``__setstate__`` has run
-  by the time its graphs are vetted.
+    before anything is called. safetensors and hf hold no code at all (hf's config.json picks one of the model
+    classes transformers ships; ``auto_map`` custom code is refused).
+  * torchscript / export: worker.models.graphs (operator allowlists; export archives vetted before loading).
+  Neither interpreter is a sandbox: the worker loads and runs uploaded checkpoints only inside worker.sandbox
+  (no secrets, no network, writes only to a scratch dir). ``load_encoder`` in-process is for one's own files.
 
-State-dict normalisation (solo-learn, DINO, MoCo, Lightning layouts): unwrap nested checkpoints
-(NEST_KEYS), strip wrapper prefixes (STRIP_PREFIXES, repeatedly, keeping whichever form the architecture
-knows), drop heads and projectors (HEAD_PREFIXES), load with strict=False and refuse when any encoder weight
-is missing or has the wrong shape — never evaluate random weights.
+Weights formats (state_dict, safetensors, hf) are loaded strictly into an architecture built by the library
+users train with (worker.models.architectures: timm, torchvision; worker.models.hf: transformers):
+worker.models.layouts finds the encoder inside the training codebase's checkpoint, the library's converter
+runs (timm's checkpoint_filter_fn), and worker.models.strict refuses any missing, misshaped or unexplained
+tensor. The LoadReport says what was loaded, stripped, converted and dropped by which rule.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import struct
 import zipfile
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .archs import ARCHS, OUTPUTS, POOLS, TOKEN_ARCHS, get_arch, infer_arch_kwargs
-from .features import encode
+from worker.datasets.preprocessing import Preprocessing
 
-FORMATS = ("torchscript", "export", "state_dict", "safetensors")
+from . import graphs
+from .architectures import Architecture, ArchitectureError, build
+from .errors import CheckpointError, short
+from .features import POOLS, encode
+from .layouts import LayoutError, locate
+from .projector import Encoder, build_projector, projector_prefix
+from .strict import LoadReport, StrictLoadError, apply_converter, match
+
+FORMATS = ("torchscript", "export", "state_dict", "safetensors", "hf")
 FORMAT_ALIASES = {
     "ts": "torchscript", "jit": "torchscript", "torchscript": "torchscript",
     "pt2": "export", "export": "export",
     "pt": "state_dict", "pth": "state_dict", "ckpt": "state_dict", "state_dict": "state_dict",
-    "safetensors": "safetensors",
+    "safetensors": "safetensors", "hf": "hf", "zip": "hf",
 }  # fmt: skip
-AMBIGUOUS_EXTENSIONS = ("pt", "pth", "ckpt", "bin")
-NEEDS_ARCH = ("state_dict", "safetensors")
-
-# Nested checkpoints: Lightning / solo-learn "state_dict", timm / DeiT "model", DINO "teacher" (DINO's own
-# eval_linear.py default --checkpoint_key) then "student", plain training loops.
-NEST_KEYS = ("state_dict", "model", "teacher", "student", "model_state_dict", "model_state", "net", "network")
-# Wrapper prefixes: DDP "module.", solo-learn / DINO "backbone.", "encoder.", MoCo "encoder_q.", "student.".
-STRIP_PREFIXES = ("module.", "backbone.", "encoder.", "encoder_q.", "student.")
-# Heads and projectors that an encoder evaluation drops (classifier, DINO head, SimCLR/BYOL projector...).
-HEAD_PREFIXES = ("fc.", "head.", "heads.", "projector.", "projection_head.", "prototypes.", "predictor.")
-OUTPUT_KEEPS = {"backbone": (), "projector": ("projector.",), "logits": ("fc.", "head.")}
-OPTIONAL_SUFFIXES = (".num_batches_tracked",)  # BatchNorm counters; absent from many released checkpoints
+AMBIGUOUS_EXTENSIONS = ("pt", "pth", "ckpt", "bin", "zip")
+WEIGHTS_FORMATS = ("state_dict", "safetensors", "hf")
+OUTPUTS = ("backbone", "projector")
+PREPROCESSING_OVERRIDES = ("mean", "std", "resize", "crop", "interpolation")
 # Inert training metadata that weights-only unpickling may meet next to the weights.
 SAFE_METADATA_GLOBALS = [argparse.Namespace]
 ATTRIBUTE_DICT_NAMES = (
@@ -77,64 +65,30 @@ ATTRIBUTE_DICT_NAMES = (
     "lightning_fabric.utilities.data.AttributeDict",
     "pytorch_lightning.utilities.parsing.AttributeDict",
 )
+# class_token=False checkpoints (I-JEPA) in a timm ViT: no CLS token, mean of the tokens, final norm kept as `norm`.
+NO_CLS_TOKEN_KWARGS = {"class_token": False, "global_pool": "avg", "fc_norm": False}
 
-MAX_CODE_BYTES = 64 << 20  # one TorchScript code file
-
-
-class CheckpointError(ValueError):
-    """An uploaded checkpoint cannot be used; the message says why in plain words (becomes the 4xx detail)."""
-
-
-@dataclass
-class LoadReport:
-    """What happened to a checkpoint's keys (state_dict formats) or what the module is (graph formats)."""
-
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # model keys absent from the checkpoint
-    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model does not have
-    dropped: list[str] = field(default_factory=list)  # heads / projectors removed on request
-    renamed_prefixes: dict[str, int] = field(default_factory=dict)  # stripped prefix -> number of keys
-    source_key: str | None = None  # nested checkpoint entry used, e.g. "state_dict" or "teacher"
-    arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self, limit: int = 12) -> str:
-        def show(keys: list[str]) -> str:
-            more = f", ... ({len(keys) - limit} more)" if len(keys) > limit else ""
-            return ", ".join(keys[:limit]) + more
-
-        parts = [f"{len(self.loaded)} tensors loaded"]
-        for name in ("missing", "unexpected", "dropped"):
-            keys = getattr(self, name)
-            if keys:
-                parts.append(f"{len(keys)} {name}: {show(keys)}")
-        if self.renamed_prefixes:
-            parts.append(
-                "stripped prefixes " + ", ".join(f"{p!r} x{n}" for p, n in self.renamed_prefixes.items())
-            )
-        if self.source_key:
-            parts.append(f"weights from checkpoint[{self.source_key!r}]")
-        return "; ".join(parts)
+__all__ = ["FORMATS", "CheckpointError", "LoadReport", "LoadedEncoder", "detect_checkpoint_format",
+           "load_encoder", "vet_export_archive"]
+vet_export_archive = graphs.vet_export_archive
 
 
 @dataclass
 class LoadedEncoder:
-    """An eval-mode encoder and how it was obtained.
-
-    input_size -- (H, W) the module needs (a ViT's native size, an exported program's static shape), or None
-                  when any size works; pass it to ``embed(image_size=...)``.
-    """
+    """An eval-mode encoder, how it was obtained, and the preprocessing it expects (``embed`` applies it)."""
 
     module: nn.Module
     report: LoadReport
     fmt: str
     arch: str | None
+    preprocessing: Preprocessing
     pool: str = "cls"
     output: str = "backbone"
-    input_size: tuple[int, int] | None = None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(H, W) the network is fed, or None when it takes the images' own size."""
+        return self.preprocessing.crop
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return encode(self.module, images, pool=self.pool)
@@ -160,14 +114,19 @@ def _detect_zip(names: list[str]) -> str:
         raise CheckpointError("legacy torch.export archive (torch < 2.5): re-save it with torch.export.save")
     if any(n.endswith("data.pkl") for n in names):
         return "state_dict"
+    if any(n.rpartition("/")[2] == "config.json" for n in names):
+        return "hf"
+    if any(n.endswith(".safetensors") for n in names):
+        raise CheckpointError("zip of .safetensors without config.json: a Hugging Face model zip needs the "
+                              "config.json that save_pretrained writes")
     if any(n.endswith(".npy") for n in names):
         raise CheckpointError("file is an .npz of arrays, not a checkpoint (upload it as embeddings)")
-    raise CheckpointError("zip archive is neither TorchScript, torch.export (.pt2) nor torch.save")
+    raise CheckpointError("zip archive is neither TorchScript, torch.export (.pt2), torch.save nor a Hugging Face "
+                          "model folder")
 
 
 def detect_checkpoint_format(path: str | os.PathLike, filename: str | None = None) -> str:
-    """One of FORMATS from the file's bytes (the extension is not trusted; ``filename`` is unused but kept
-    for symmetry with repscope.formats.detect_format)."""
+    """One of FORMATS from the file's bytes (the extension is not trusted; ``filename`` is unused)."""
     del filename
     with open(path, "rb") as f:
         head = f.read(9)
@@ -179,7 +138,7 @@ def detect_checkpoint_format(path: str | os.PathLike, filename: str | None = Non
         return "safetensors"
     raise CheckpointError(
         "unknown checkpoint format: expected TorchScript (torch.jit.save), torch.export (.pt2), "
-        "a torch.save'd state_dict (.pt/.pth) or .safetensors"
+        "a torch.save'd state_dict (.pt/.pth/.ckpt), .safetensors or a zipped Hugging Face model folder"
     )
 
 
@@ -197,149 +156,11 @@ def _resolve_format(path, fmt: str | None) -> str:
     return wanted
 
 
-# ---------------------------------------------------------------- TorchScript
-
-
-def _load_torchscript(path, device: torch.device, vet_ops: bool = True) -> nn.Module:
-    from . import ts_vetting
-
-    with zipfile.ZipFile(path) as zf:
-        big = next((i.filename for i in zf.infolist() if "/code/" in i.filename and i.file_size > MAX_CODE_BYTES),
-                   None)
-    if big:
-        raise CheckpointError(f"TorchScript code file {big!r} is too large")
-    try:
-        return ts_vetting.load_vetted(path, device) if vet_ops else torch.jit.load(str(path), map_location=device)
-    except ts_vetting.ForbiddenOp as e:
-        raise CheckpointError(str(e)) from e
-    except Exception as e:  # RuntimeError from the TorchScript importer on malformed archives
-        raise CheckpointError(f"invalid TorchScript archive: {type(e).__name__}: {_short(e, 600)}") from e
-
-
-# ---------------------------------------------------------------- torch.export (.pt2)
-
-
-def vet_export_archive(path: str | os.PathLike) -> None:
-    """Refuse every part of a .pt2 that torch.export.load would unpickle, exec or eval, and graph nodes outside
-    the allowlist: repscope.checkpoints' torch-free check (the API's at upload), then torch's own weights-only
-    loader over the sample inputs."""
-    from repscope import checkpoints
-
-    with zipfile.ZipFile(path) as zf:
-        names = zf.namelist()
-        fmt_files = [n for n in names if n.endswith("archive_format")]
-        if len(fmt_files) != 1:
-            raise CheckpointError("torch.export archive must contain exactly one archive_format entry")
-        root = fmt_files[0].removesuffix("archive_format")
-        try:
-            checkpoints.vet_export_archive(zf, root)
-        except checkpoints.CheckpointError as e:
-            raise CheckpointError(str(e)) from e
-        for name in names:
-            if name.startswith(f"{root}data/sample_inputs/"):
-                try:
-                    torch.load(io.BytesIO(zf.read(name)), weights_only=True)
-                except Exception as e:
-                    raise CheckpointError(
-                        f"torch.export sample inputs {name!r} are not weights-only tensors ({_short(e)})"
-                    ) from e
-
-
-def _check_graph_ops(gm: nn.Module) -> None:
-    """Second line after the archive check: every call in the loaded graph is an aten / prims operator outside
-    DENIED_OPS (the allowlist of repscope.checkpoints), a Python operator or a higher-order wrapper."""
-    from repscope.checkpoints import DENIED_OPS, EXPORT_NAMESPACES
-
-    for sub in gm.modules():
-        graph = getattr(sub, "graph", None)
-        if not isinstance(graph, torch.fx.Graph):
-            continue
-        for node in graph.nodes:
-            if node.op != "call_function":
-                continue
-            target = node.target
-            if isinstance(target, torch._ops.OpOverload):
-                if target.namespace not in EXPORT_NAMESPACES or target._schema.name in DENIED_OPS:
-                    raise CheckpointError(f"torch.export graph calls {target}, which is not allowed")
-            elif getattr(target, "__module__", None) not in (
-                "_operator",
-                "operator",
-                "math",
-                "torch",
-                "torch.fx.experimental.sym_node",
-            ):
-                if not isinstance(target, torch._ops.HigherOrderOperator):
-                    raise CheckpointError(f"torch.export graph calls {target!r}, which is not allowed")
-
-
-class FixedBatch(nn.Module):
-    """Run a module compiled for a static batch size on any batch: chunk, zero-pad the last chunk, trim."""
-
-    def __init__(self, inner: nn.Module, batch: int, pool: str = "cls"):
-        super().__init__()
-        self.inner, self.batch, self.pool = inner, batch, pool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        outs = []
-        for start in range(0, x.shape[0], self.batch):
-            chunk = x[start : start + self.batch]
-            n = chunk.shape[0]
-            if n < self.batch:
-                chunk = torch.cat([chunk, chunk.new_zeros((self.batch - n, *chunk.shape[1:]))])
-            outs.append(encode(self.inner, chunk, pool=self.pool)[:n])
-        return torch.cat(outs)
-
-
-def _static_input(ep) -> tuple[int | None, tuple[int, int] | None]:
-    """(static batch or None, static (H, W) or None) of an exported program's first user input."""
-    names = set(ep.graph_signature.user_inputs)
-    for node in ep.graph.nodes:
-        if node.op == "placeholder" and node.name in names:
-            val = node.meta.get("val")
-            shape = tuple(getattr(val, "shape", ()))
-            if len(shape) != 4:
-                return None, None
-            batch = shape[0] if isinstance(shape[0], int) else None
-            hw = (shape[2], shape[3]) if all(isinstance(s, int) for s in shape[2:]) else None
-            return batch, hw
-    return None, None
-
-
-def _load_export(
-    path, device: torch.device, pool: str, vet_ops: bool = True
-) -> tuple[nn.Module, tuple[int, int] | None, list[str]]:
-    vet_export_archive(path)
-    try:
-        ep = torch.export.load(str(path))
-    except CheckpointError:
-        raise
-    except Exception as e:
-        raise CheckpointError(f"invalid torch.export archive: {type(e).__name__}: {_short(e)}") from e
-    if device.type != "cpu":
-        from torch.export.passes import move_to_device_pass
-
-        ep = move_to_device_pass(ep, device)
-    batch, hw = _static_input(ep)
-    module = ep.module()
-    if vet_ops:
-        _check_graph_ops(module)
-    notes = []
-    if batch is not None:
-        notes.append(f"exported with a static batch of {batch}: batches are padded to it")
-        module = FixedBatch(module, batch, pool)
-    return module, hw, notes
-
-
-# ---------------------------------------------------------------- state_dicts
+# ---------------------------------------------------------------- weights
 
 
 class _InertDict(dict):
     """Stand-in for Lightning's AttributeDict (hyper-parameters): a plain dict, no behaviour."""
-
-
-def _short(e: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _read_checkpoint(path, fmt: str) -> Any:
@@ -349,7 +170,7 @@ def _read_checkpoint(path, fmt: str) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:
-            raise CheckpointError(f"invalid .safetensors file: {_short(e)}") from e
+            raise CheckpointError(f"invalid .safetensors file: {short(e)}") from e
     safe = SAFE_METADATA_GLOBALS + [(_InertDict, name) for name in ATTRIBUTE_DICT_NAMES]
     try:
         with torch.serialization.safe_globals(safe):
@@ -365,166 +186,73 @@ def _read_checkpoint(path, fmt: str) -> Any:
             ) from e
         if "Weights only load failed" in message:
             detail = message.split("WeightsUnpickler error:")[-1]
-            raise CheckpointError(f"refused to unpickle checkpoint: {_short(detail)}") from e
-        raise CheckpointError(f"invalid torch.save checkpoint: {type(e).__name__}: {_short(e)}") from e
+            raise CheckpointError(f"refused to unpickle checkpoint: {short(detail)}") from e
+        raise CheckpointError(f"invalid torch.save checkpoint: {type(e).__name__}: {short(e)}") from e
 
 
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+def named_arch(checkpoint: Any) -> str | None:
+    """The architecture a training checkpoint names itself: a top-level string ``arch`` (timm train.py, MoCo)."""
+    arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
+    return arch if isinstance(arch, str) and arch else None
 
 
-def unwrap_checkpoint(obj: Any, key: str | None = None) -> tuple[dict[str, torch.Tensor], str | None]:
-    """The flat {name: tensor} dict inside a (possibly nested) checkpoint, and the path of keys taken."""
-    path: list[str] = []
-    for _ in range(4):
-        if not isinstance(obj, dict):
-            raise CheckpointError(f"checkpoint holds a {type(obj).__name__}, not a state_dict")
-        if key is not None and not path:
-            if key not in obj:
-                raise CheckpointError(f"checkpoint has no entry {key!r}; it has {sorted(map(str, obj))[:20]}")
-            path.append(key)
-            obj = obj[key]
-            continue
-        if _is_tensor_dict(obj):
-            break
-        nested = next((k for k in NEST_KEYS if isinstance(obj.get(k), dict)), None)
-        if nested is None:
-            break
-        path.append(nested)
-        obj = obj[nested]
-    tensors = (
-        {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, dict) else {}
-    )
-    if not tensors:
-        raise CheckpointError(
-            "checkpoint contains no tensors (expected a state_dict or one nested under "
-            f"one of {list(NEST_KEYS)})"
-        )
-    return tensors, ".".join(path) or None
+def _architecture(path, kind: str, arch: str | None, arch_kwargs: dict | None,
+                  pool: str) -> tuple[Architecture, Any]:
+    """The architecture (built, random init) and the raw checkpoint object its weights come from."""
+    checkpoint = _read_checkpoint(path, kind)
+    arch = arch or named_arch(checkpoint)
+    if not arch:
+        raise CheckpointError(f"a {kind} checkpoint holds only weights: name its architecture with arch (a timm "
+                              "model name, torchvision:<name>, resnet18_cifar, ...)")
+    return build(arch, arch_kwargs=arch_kwargs, pool=pool), checkpoint
 
 
-def _canonical_key(key: str, known: set[str]) -> tuple[str, str]:
-    """Strip STRIP_PREFIXES repeatedly; keep the first form the model knows, else the fully stripped one.
-    Returns (new key, stripped prefix)."""
-    forms = [key]
-    while True:
-        prefix = next((p for p in STRIP_PREFIXES if forms[-1].startswith(p)), None)
-        if prefix is None:
-            break
-        forms.append(forms[-1][len(prefix) :])
-    chosen = next((f for f in forms if f in known), forms[-1])
-    return chosen, key[: len(key) - len(chosen)]
+def _no_cls_token(built: Architecture, checkpoint: Any, checkpoint_key: str | None,
+                  arch_kwargs: dict | None) -> dict | None:
+    """Implied arch_kwargs for a timm ViT whose weights have no CLS token (I-JEPA), else None."""
+    model = built.model
+    if built.library != "timm" or getattr(model, "cls_token", None) is None or "class_token" in (arch_kwargs or {}):
+        return None
+    known = set(model.state_dict())
+    loc = locate(checkpoint, known, checkpoint_key=checkpoint_key)
+    pos = loc.tensors.get("pos_embed")
+    patches = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+    if "cls_token" in loc.tensors or pos is None or pos.shape[1] != patches:
+        return None
+    return {**NO_CLS_TOKEN_KWARGS, **(arch_kwargs or {})}
 
 
-def normalize_state_dict(
-    sd: dict[str, torch.Tensor],
-    known: set[str] | None = None,
-    *,
-    drop_heads: bool = True,
-    keep: tuple[str, ...] = (),
-) -> tuple[dict[str, torch.Tensor], list[str], dict[str, int]]:
-    """Strip wrapper prefixes and drop heads. Returns (state_dict, dropped keys, {stripped prefix: count})."""
-    known = known or set()
-    out: dict[str, torch.Tensor] = {}
-    dropped: list[str] = []
-    renamed: Counter[str] = Counter()
-    for key, value in sd.items():
-        new, prefix = _canonical_key(key, known)
-        if prefix:
-            renamed[prefix] += 1
-        if drop_heads and new.startswith(HEAD_PREFIXES) and not new.startswith(keep):
-            dropped.append(new)
-            continue
-        out[new] = value
-    return out, dropped, dict(renamed)
+def load_weights(path, kind: str, *, arch: str | None, arch_kwargs: dict | None, checkpoint_key: str | None,
+                 pool: str, output: str) -> tuple[nn.Module, LoadReport, Architecture]:
+    """Build the architecture and load the checkpoint's encoder into it strictly (module docstring)."""
+    if kind == "hf":
+        from .hf import load_hf_encoder
 
-
-def _required(key: str, output: str) -> bool:
-    """Is a model key needed to compute the requested output? (encoder always; projector / head on request)"""
-    if key.endswith(OPTIONAL_SUFFIXES):
-        return False
-    if key.startswith(HEAD_PREFIXES):
-        return key.startswith(OUTPUT_KEEPS[output])
-    return True
-
-
-def _load_state_dict_model(
-    path,
-    fmt: str,
-    arch: str,
-    *,
-    pool: str,
-    drop_heads: bool,
-    output: str,
-    arch_kwargs: dict | None,
-    checkpoint_key: str | None,
-) -> tuple[nn.Module, LoadReport]:
-    raw, source = unwrap_checkpoint(_read_checkpoint(path, fmt), checkpoint_key)
-    if arch not in ARCHS:
-        get_arch(arch)  # raises the "unknown architecture" error for non-timm names
-    # Normalise against the names of a default-sized model first, to infer sizes from the right keys.
-    probe_keys = _arch_keys(arch)
-    keep = OUTPUT_KEEPS[output]
-    sd, dropped, renamed = normalize_state_dict(raw, probe_keys, drop_heads=drop_heads, keep=keep)
-    kwargs = {**infer_arch_kwargs(arch, sd), **(arch_kwargs or {})}
-    if arch in ARCHS:
-        if arch in TOKEN_ARCHS:
-            kwargs.setdefault("pool", pool)
-        kwargs["output"] = output
-        if output == "projector" and "projector_dims" not in kwargs:
-            raise CheckpointError(
-                "output='projector' was requested but the checkpoint has no projector.* weights"
-            )
-    report = LoadReport(
-        dropped=dropped, renamed_prefixes=renamed, source_key=source, arch_kwargs=dict(kwargs)
-    )
-    if arch in TOKEN_ARCHS and "embed_dim" in kwargs and "num_heads" not in (arch_kwargs or {}):
-        default = 384 if arch == "vit_small" else 192
-        if kwargs["embed_dim"] != default:
-            report.warnings.append(
-                f"num_heads={kwargs['num_heads']} guessed from width {kwargs['embed_dim']} (64 per head); "
-                "pass arch_kwargs={'num_heads': ...} if the model used another head count"
-            )
-    try:
-        model = get_arch(arch, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build architecture {arch!r} with {kwargs}: {e}") from e
-    target = model.state_dict()
-    sd, dropped2, _ = normalize_state_dict(raw, set(target), drop_heads=drop_heads, keep=keep)
-    report.dropped = dropped2
-    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
-                  for k, v in sd.items() if k in target and v.shape != target[k].shape]  # fmt: skip
-    bad = [m for m in mismatched if _required(m.split(":")[0], output)]
-    if bad:
-        raise CheckpointError(
-            f"checkpoint does not fit architecture {arch!r}: shape mismatch for "
-            f"{len(bad)} tensors ({'; '.join(bad[:8])})"
-        )
-    for m in mismatched:  # a head of another size that the requested output does not use
-        key = m.split(":")[0]
-        del sd[key]
-        report.dropped.append(key)
-    result = model.load_state_dict(sd, strict=False)
-    report.missing = list(result.missing_keys)
-    report.unexpected = list(result.unexpected_keys)
-    report.loaded = [k for k in sd if k in target]
-    needed = [k for k in report.missing if _required(k, output)]
-    if needed:
-        raise CheckpointError(
-            f"checkpoint is missing {len(needed)} encoder weights of {arch!r} "
-            f"(refusing to evaluate random weights): {', '.join(needed[:12])}"
-            f"{' ...' if len(needed) > 12 else ''}. Report: {report.summary()}"
-        )
-    return model, report
-
-
-def _arch_keys(arch: str) -> set[str]:
-    """Parameter names of an architecture, from a meta-device instance (no memory, no init cost)."""
-    try:
-        with torch.device("meta"):
-            return set(get_arch(arch).state_dict())
-    except Exception:  # a timm model that cannot be built on meta
-        return set()
+        return load_hf_encoder(path, arch=arch, arch_kwargs=arch_kwargs, pool=pool, output=output)
+    built, checkpoint = _architecture(path, kind, arch, arch_kwargs, pool)
+    implied = _no_cls_token(built, checkpoint, checkpoint_key, arch_kwargs)
+    if implied is not None:
+        built = build(arch or named_arch(checkpoint), arch_kwargs=implied, pool=pool)
+    target = built.weights_module
+    loc = locate(checkpoint, set(target.state_dict()), checkpoint_key=checkpoint_key)
+    report = LoadReport(layout=loc.layout, source_key=loc.source_key, prefix=loc.prefix,
+                        architecture=built.describe(), ignored_entries=loc.ignored_entries)
+    if implied is not None:
+        report.warnings.append(f"the weights have no CLS token: built with {NO_CLS_TOKEN_KWARGS} (mean of the "
+                               "patch tokens)")
+    tensors = apply_converter(loc, built.filter_fn, built.filter_name, target, report)
+    projector, keep = None, ()
+    if output == "projector":
+        where = projector_prefix(list(loc.outside), loc.prefix)
+        if where is None:
+            raise CheckpointError("output='projector' was requested but the checkpoint has no projector.* weights "
+                                  "beside the encoder")
+        projector = build_projector({k[len(where):]: v for k, v in loc.outside.items() if k.startswith(where)})
+        keep = (where,)
+        report.projector = where
+    state = match(loc, tensors, target, built.classifier, report, keep=keep)
+    target.load_state_dict(state, strict=True)
+    return Encoder(built.model, projector).eval(), report, built
 
 
 # ---------------------------------------------------------------- entry point
@@ -536,25 +264,25 @@ def load_encoder(
     fmt: str | None = None,
     arch: str | None = None,
     pool: str = "cls",
-    drop_heads: bool = True,
     output: str = "backbone",
     arch_kwargs: dict | None = None,
     checkpoint_key: str | None = None,
+    preprocessing: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     vet_ops: bool = True,
 ) -> LoadedEncoder:
     """Load a checkpoint file as an eval-mode encoder on ``device`` (default CPU).
 
     fmt            -- optional; must agree with the detected format (FORMATS or an alias: pt2, pth, ...)
-    arch           -- architecture name for state_dict / safetensors (ARCHS or a timm name); sizes such as
-                      width, depth, patch size and projector dims are read off the weights; arch_kwargs override
-    pool           -- ViT pooling, and how token outputs of TorchScript / export modules are reduced
-    drop_heads     -- drop classifier / projector / predictor weights (HEAD_PREFIXES) before loading
-    output         -- "backbone" (default), "projector" or "logits" (built-in architectures only)
-    checkpoint_key -- nested entry to use (e.g. "student"); default: the first of NEST_KEYS present
-    vet_ops        -- the operator allowlist on TorchScript / export graphs; off only in tests that show what
-                      the sandbox alone stops
-    Raises CheckpointError for anything unusable; never evaluates an encoder with missing weights.
+    arch           -- weights formats: a timm model name, torchvision:<name>, resnet18_cifar / resnet50_cifar;
+                      may be omitted when the checkpoint names it (a top-level "arch", an HF config.json)
+    arch_kwargs    -- constructor arguments the weights cannot tell (img_size, ...), recorded in the report
+    pool           -- token models: "cls" or "mean" (patch tokens); how graph formats' token outputs are reduced
+    output         -- "backbone" (default) or "projector" (the projector MLP beside the encoder, weights formats)
+    checkpoint_key -- nested entry to use (e.g. "student", "state_dict_ema"); default: found (layouts.locate)
+    preprocessing  -- overrides of the model config's: mean, std, resize, crop, interpolation
+    vet_ops        -- the operator allowlist on TorchScript / export graphs (off only in tests)
+    Raises CheckpointError for anything unusable; never evaluates a partially loaded encoder.
     """
     path = Path(path)
     if not path.is_file():
@@ -565,39 +293,32 @@ def load_encoder(
         raise CheckpointError(f"output must be one of {OUTPUTS}, got {output!r}")
     dev = torch.device(device or "cpu")
     kind = _resolve_format(path, fmt)
-    input_size: tuple[int, int] | None = None
-    if kind in NEEDS_ARCH:
-        if not arch:
-            raise CheckpointError(
-                f"a {kind} checkpoint holds only weights: an architecture name is required "
-                f"(built-ins: {sorted(ARCHS)})"
-            )
+    if kind in WEIGHTS_FORMATS:
         try:
-            module, report = _load_state_dict_model(
-                path, kind, arch, pool=pool, drop_heads=drop_heads, output=output,
-                arch_kwargs=arch_kwargs, checkpoint_key=checkpoint_key,
-            )  # fmt: skip
-        except ValueError as e:
-            if isinstance(e, CheckpointError):
-                raise
-            raise CheckpointError(str(e)) from e
-        if getattr(module, "img_size", None) and hasattr(module, "patch_size"):
-            input_size = (module.img_size, module.img_size)
-        module = module.to(dev)
+            module, report, built = load_weights(path, kind, arch=arch, arch_kwargs=arch_kwargs,
+                                                 checkpoint_key=checkpoint_key, pool=pool, output=output)
+        except (ArchitectureError, LayoutError, StrictLoadError, ValueError) as e:
+            raise e if isinstance(e, CheckpointError) else CheckpointError(str(e)) from e
+        prep, arch = built.preprocessing, built.name
     else:
         if output != "backbone":
-            raise CheckpointError(
-                f"output={output!r} needs a state_dict and an architecture; a {kind} "
-                "module is evaluated through its own forward"
-            )
-        if kind == "torchscript":
-            module = _load_torchscript(path, dev, vet_ops)
-            report = LoadReport(loaded=list(module.state_dict()))
-        else:
-            module, input_size, notes = _load_export(path, dev, pool, vet_ops)
-            report = LoadReport(loaded=list(module.state_dict()), warnings=notes)
+            raise CheckpointError(f"output={output!r} needs a weights checkpoint and an architecture; a {kind} "
+                                  "module is evaluated through its own forward")
+        module, report, hw = graphs.load_graph(path, kind, dev, pool, vet_ops)
+        prep = Preprocessing(crop=hw, resize=hw, source="graph's static input size") if hw else Preprocessing()
+    given = {k: v for k, v in (preprocessing or {}).items() if v is not None}
+    if given:
+        unknown = sorted(set(given) - set(PREPROCESSING_OVERRIDES))
+        if unknown:
+            raise CheckpointError(f"unknown preprocessing field(s) {unknown}; expected {PREPROCESSING_OVERRIDES}")
+        try:
+            prep = replace(prep.with_overrides(**given),
+                           source=f"{prep.source}; {', '.join(sorted(given))} from the upload")
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"invalid preprocessing override: {e}") from e
+    module = module.to(dev)
     _set_eval(module)
-    return LoadedEncoder(module, report, kind, arch, pool=pool, output=output, input_size=input_size)
+    return LoadedEncoder(module, report, kind, arch, prep, pool=pool, output=output)
 
 
 def _set_eval(module: nn.Module) -> None:

@@ -49,13 +49,16 @@ def _load(req: dict[str, Any]):  # noqa: ANN202 - LoadedEncoder
     from worker.models.loading import load_encoder
 
     return load_encoder(req["checkpoint"], fmt=req.get("format"), arch=req.get("arch"), pool=req["pool"],
-                        output=req["output"], device=req["device"], vet_ops=bool(req.get("vet_ops", True)))
+                        output=req["output"], arch_kwargs=req.get("arch_kwargs"),
+                        checkpoint_key=req.get("checkpoint_key"), preprocessing=req.get("preprocessing"),
+                        device=req["device"], vet_ops=bool(req.get("vet_ops", True)))
 
 
 def _report(encoder) -> dict[str, Any]:  # noqa: ANN001
     return {"load_report": encoder.report.to_json(), "load_summary": encoder.report.summary(),
             "format": encoder.fmt, "arch": encoder.arch, "pool": encoder.pool, "output": encoder.output,
             "input_size": list(encoder.input_size) if encoder.input_size else None,
+            "preprocessing": encoder.preprocessing.to_json(),
             "warnings": list(encoder.report.warnings)}
 
 
@@ -85,7 +88,7 @@ def run_suite(req: dict[str, Any], channel: Channel) -> None:
     import numpy as np
     import torch
 
-    from worker.datasets.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, resize
+    from worker.datasets.preprocessing import apply, stats
     from worker.models.features import encode as forward
     from worker.suite_runners import runner
 
@@ -94,11 +97,12 @@ def run_suite(req: dict[str, Any], channel: Channel) -> None:
     channel.progress(0.06, "loading checkpoint (sandboxed)")
     encoder = _load(req)
     module = encoder.module.to(req["device"]).eval()
+    prep = encoder.preprocessing
+    mean_std = stats(prep, req["device"])
 
     def encode(x01: torch.Tensor) -> torch.Tensor:
         """float NCHW in [0, 1] on the device -> features, with the preprocessing the embed step uses."""
-        x = normalize(resize(x01, encoder.input_size), IMAGENET_MEAN, IMAGENET_STD)
-        return forward(module, x, pool=encoder.pool).float()
+        return forward(module, apply(x01, prep, mean_std=mean_std), pool=encoder.pool).float()
 
     result = runner(req["suite"], "encoder")(encode, images, labels, req["device"], channel.progress)
     scratch = Path(req["scratch"])

@@ -47,6 +47,9 @@ class EncoderJob:
     task: str
     format: str | None = None
     arch: str | None = None
+    arch_kwargs: dict[str, Any] | None = None
+    checkpoint_key: str | None = None
+    preprocessing: dict[str, Any] | None = None  # overrides: mean, std, resize, crop, interpolation
     pool: str = "cls"
     output: str = "backbone"
     device: str = "cpu"
@@ -245,7 +248,8 @@ def _check_report(report: dict[str, Any], job: EncoderJob) -> dict[str, Any]:
 
     size = report.get("input_size")
     ok = (report.get("format") in FORMATS and report.get("pool") == job.pool and report.get("output") == job.output
-          and report.get("arch") == job.arch and isinstance(report.get("load_report"), dict)
+          and isinstance(report.get("arch"), str | None) and isinstance(report.get("load_report"), dict)
+          and _valid_preprocessing(report.get("preprocessing"))
           and isinstance(report.get("load_summary"), str)
           and isinstance(report.get("warnings"), list) and all(isinstance(w, str) for w in report["warnings"])
           and (size is None or (isinstance(size, list) and len(size) == 2
@@ -254,6 +258,19 @@ def _check_report(report: dict[str, Any], job: EncoderJob) -> dict[str, Any]:
     if not ok:
         raise bwrap.SandboxError("the sandboxed model process wrote a malformed load report")
     return report
+
+
+def _valid_preprocessing(spec: Any) -> bool:
+    """The child's Preprocessing.to_json(): rebuilt by the dataclass, which checks every field."""
+    from worker.datasets.preprocessing import Preprocessing
+
+    if not isinstance(spec, dict) or set(spec) - set(Preprocessing.__dataclass_fields__):
+        return False
+    try:
+        Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    except (TypeError, ValueError):
+        return False
+    return isinstance(spec.get("source"), str) and len(spec["source"]) <= 500
 
 
 def _collect(job: EncoderJob, scratch: Path, *, rows: int, mode: str) -> ChildOutputs:
