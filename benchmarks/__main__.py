@@ -6,6 +6,7 @@ import sys
 
 from benchmarks import (
     bench_backdoor,
+    bench_checkpoint_embed,
     bench_embed,
     bench_equivariance,
     bench_equivariance_ceiling,
@@ -15,8 +16,8 @@ from benchmarks import (
     bench_spectrum,
 )
 
-for bench in (bench_spectrum, bench_probes, bench_embed, bench_sandbox, bench_equivariance,
-              bench_equivariance_ceiling, bench_backdoor):
+for bench in (bench_spectrum, bench_probes, bench_embed, bench_checkpoint_embed, bench_sandbox,
+              bench_equivariance, bench_equivariance_ceiling, bench_backdoor):
     print(f"== {bench.__name__}", flush=True)
     bench.main(sys.argv[1:])
 print(f"== {bench_load.__name__}", flush=True)

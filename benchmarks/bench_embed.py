@@ -17,10 +17,11 @@ import time
 
 import numpy as np
 import torch
+from torchvision.models import resnet50
 
 from benchmarks.common import best_of, machine, write_section
 from worker.embed import embed
-from worker.models.archs import resnet18_cifar, resnet50
+from worker.models.cifar import resnet18_cifar
 
 CPU_N, CPU_SIZE, CPU_BATCH = 512, 32, 256
 GPU_N, GPU_SIZE, GPU_BATCH = 16_384, 224, 256

@@ -14,8 +14,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-PREPROCESSING_VERSION = 1
-KEYED_PARAMS = ("arch", "pool", "output", "views", "image_size")  # upload fields that change the embeddings
+PREPROCESSING_VERSION = 2  # 2: issue #18, preprocessing from the model's config (timm / HF), real checkpoints
+KEYED_PARAMS = ("arch", "pool", "output", "views", "image_size",  # upload fields that change the embeddings
+                "arch_kwargs", "checkpoint_key", "mean", "std", "resize", "crop", "interpolation")
 
 
 def embedding_cache_key(checkpoint_sha: str, dataset_hash: str, params: Mapping[str, Any]) -> str:

@@ -7,6 +7,8 @@ Formats (torch 2.x zip serialization unless noted):
                read with repscope.formats' whitelist unpickler (tensors, dicts, lists, numbers, strings only), so
                a pickle that names any other global is refused here, before a worker ever sees it
 - safetensors  header-validated as in repscope.formats
+- hf           a Hugging Face `save_pretrained` folder, zipped: config.json + *.safetensors (repscope.checkpoint_hf)
+`named_arch`: a state_dict's top-level string `arch` (timm train.py, MoCo main_moco.py), or "hf" (config.json).
 TorchScript and torch.export archives carry code. torch.export's is data here: its JSON graph names every
 operator, so `vet_export_archive` refuses, before anything is stored, node targets outside the aten / prims
 allowlist or in DENIED_OPS (files, processes, network), pickled weights / constants / sample inputs (torch.export.load
@@ -28,6 +30,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from repscope.checkpoint_hf import inspect_hf_zip, looks_like_hf
 from repscope.formats import (
     MAX_PICKLE_BYTES,
     FormatError,
@@ -39,9 +42,10 @@ from repscope.formats import (
 
 # what zipfile raises on a hostile archive besides BadZipFile (an unsupported zip version, a bad seek, ...)
 ZIP_DAMAGE = (NotImplementedError, OSError, EOFError, ValueError, IndexError)
-CHECKPOINT_FORMATS = ("torchscript", "export", "state_dict", "safetensors")
+CHECKPOINT_FORMATS = ("torchscript", "export", "state_dict", "safetensors", "hf")
 NEEDS_ARCH = frozenset({"state_dict", "safetensors"})
 MAX_CHECKPOINT_MEMBERS = 100_000
+NAMED_ARCH = re.compile(r"[A-Za-z0-9_.:\-/]{1,100}")  # a trainer's `arch` entry worth reading as a name
 
 # Operators (namespace::name) refused in uploaded graphs although their namespace is allowed, from torch's
 # schemas (torch._C._jit_get_all_schemas(), torch 2.13): a `str filename` argument (save, from_file), an RRef
@@ -112,10 +116,11 @@ class CheckpointInfo:
     n_tensors: int | None  # state dicts and safetensors only
     n_params: int | None
     sample_keys: tuple[str, ...] = ()
+    named_arch: str | None = None  # the architecture the file names: a state_dict's `arch` entry, "hf"
 
     @property
     def needs_arch(self) -> bool:
-        return self.format in NEEDS_ARCH
+        return self.format in NEEDS_ARCH and self.named_arch is None
 
     def to_meta(self) -> dict[str, Any]:
         meta = asdict(self)
@@ -150,16 +155,20 @@ def _inspect_zip(path) -> CheckpointInfo:
             _check_zip_names(infos, MAX_CHECKPOINT_MEMBERS)
             names = [i.filename for i in infos]
             roots = {n.split("/", 1)[0] for n in names}
-            if len(roots) != 1:
-                raise CheckpointError("checkpoint archive must have a single top-level folder")
-            prefix = next(iter(roots)) + "/"
-            if f"{prefix}archive_format" in names:
+            prefix = next(iter(roots)) + "/" if len(roots) == 1 else None
+            if prefix and f"{prefix}archive_format" in names:
                 vet_export_archive(zf, prefix)
                 return CheckpointInfo("export", None, None)
-            if f"{prefix}constants.pkl" in names and any(n.startswith(f"{prefix}code/") for n in names):
+            if prefix and f"{prefix}constants.pkl" in names and any(n.startswith(f"{prefix}code/") for n in names):
                 return CheckpointInfo("torchscript", None, None)
-            if f"{prefix}data.pkl" in names:
+            if prefix and f"{prefix}data.pkl" in names:
                 return _state_dict_info(path, zf, prefix)
+            if looks_like_hf(names):
+                hf = inspect_hf_zip(zf, names)
+                return CheckpointInfo("hf", hf.n_tensors, hf.n_params, hf.sample_keys, named_arch="hf")
+            if prefix is None:
+                raise CheckpointError("checkpoint archive must have a single top-level folder (or be a Hugging "
+                                      "Face model zip: config.json and *.safetensors)")
     except zipfile.BadZipFile as exc:
         raise CheckpointError(f"checkpoint is not a valid zip archive (truncated?): {exc}") from None
     except CheckpointError:
@@ -168,7 +177,8 @@ def _inspect_zip(path) -> CheckpointInfo:
         raise CheckpointError(str(exc)) from None
     except ZIP_DAMAGE as exc:
         raise CheckpointError(f"checkpoint zip archive is damaged or unsupported ({type(exc).__name__}: {exc})") from None
-    raise CheckpointError("zip archive is neither TorchScript, torch.export nor a torch.save state_dict")
+    raise CheckpointError("zip archive is neither TorchScript, torch.export, a torch.save state_dict nor a Hugging "
+                          "Face model (config.json and *.safetensors)")
 
 
 def _state_dict_info(path, zf: zipfile.ZipFile, prefix: str) -> CheckpointInfo:
@@ -185,8 +195,10 @@ def _state_dict_info(path, zf: zipfile.ZipFile, prefix: str) -> CheckpointInfo:
     tensors = dict(_walk(obj))
     if not tensors:
         raise CheckpointError("checkpoint holds no tensors (expected a state_dict)")
+    named = obj.get("arch") if isinstance(obj, dict) else None
+    named = named.strip() if isinstance(named, str) and NAMED_ARCH.fullmatch(named.strip()) else None
     return CheckpointInfo("state_dict", len(tensors), sum(t.array.size for t in tensors.values()),
-                          tuple(list(tensors)[:8]))
+                          tuple(list(tensors)[:8]), named_arch=named)
 
 
 def _walk(obj: Any) -> Iterator[tuple[str, _Tensor]]:
@@ -209,7 +221,6 @@ def _walk(obj: Any) -> Iterator[tuple[str, _Tensor]]:
 
 
 def _safetensors_info(path) -> CheckpointInfo:
-    import json
     import math
 
     with open(path, "rb") as f:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from repscope import __version__
+from repscope.checkpoint_upload import add_cli_arguments
 from repscope.suites import embedding_suites
 
 
@@ -228,15 +229,36 @@ def _client(args: argparse.Namespace):  # noqa: ANN202
     return Client(args.url)
 
 
+def _upload_kind(args: argparse.Namespace) -> str:
+    """--kind, else checkpoint for a folder or when a checkpoint flag is given, else embeddings."""
+    from repscope.checkpoint_upload import cli_fields
+
+    if args.kind:
+        return args.kind
+    return "checkpoint" if Path(args.file).is_dir() or cli_fields(args) else "embeddings"
+
+
 def cmd_upload(args: argparse.Namespace) -> int:
-    """Upload an embeddings file to a run (created if needed), with a progress bar; optionally wait."""
+    """Upload an embeddings file or a checkpoint to a run (created if needed), with a progress bar; optionally wait."""
+    from repscope.checkpoint_upload import checkpoint_file, cli_fields
     from repscope.client import RepscopeError
 
+    kind, extra = _upload_kind(args), cli_fields(args)
+    if kind == "embeddings" and (extra or Path(args.file).is_dir()):
+        print(f"error: {'a folder' if Path(args.file).is_dir() else ', '.join(extra)} applies to --kind checkpoint "
+              "only", file=sys.stderr)
+        return 2
+    try:
+        ckpt = checkpoint_file(args.file, args.arch) if kind == "checkpoint" else None
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     client = _client(args)
     try:
         run = client.run(project=args.project, name=args.run)
-        show = None if args.json else _progress_bar(Path(args.file).stat().st_size)
-        accepted = client.upload_file(run.id, args.file, step=args.step, dataset=args.dataset,
+        path = ckpt.path if ckpt else Path(args.file)
+        show = None if args.json else _progress_bar(path.stat().st_size)
+        accepted = client.upload_file(run.id, path, step=args.step, dataset=args.dataset, kind=kind, extra=extra,
                                       suites=args.suites.split(",") if args.suites else None, progress=show)
         if show:
             print(file=sys.stderr)
@@ -245,6 +267,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
     except RepscopeError as exc:
         print(f"error: {exc.detail} (HTTP {exc.status_code})", file=sys.stderr)
         return 1
+    finally:
+        if ckpt:
+            ckpt.cleanup()
     if args.json:
         _print_json({"run": run.info.model_dump(mode="json"), "upload": accepted.model_dump(mode="json"),
                      "evaluations": [e.model_dump(mode="json") for e in finished]})
@@ -375,19 +400,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--figures", action="store_true", help="with --json: include the figure data")
     ev.set_defaults(func=cmd_eval)
 
-    up = sub.add_parser("upload", help="upload an embeddings file to a run, with a progress bar",
-                        description="Get-or-create PROJECT/RUN on the server and upload FILE at STEP.")
-    up.add_argument("file", help="embeddings file (.npy, .npz, .safetensors, .pt)")
+    up = sub.add_parser("upload", help="upload an embeddings file or a checkpoint to a run, with a progress bar",
+                        description="Get-or-create PROJECT/RUN on the server and upload FILE at STEP. A checkpoint "
+                                    "is embedded on --dataset by a worker, then evaluated.")
+    up.add_argument("file", help="embeddings file (.npy, .npz, .safetensors, .pt), or a checkpoint: TorchScript, "
+                                 ".pt2, state_dict .pt/.pth, .safetensors, or a Hugging Face save_pretrained "
+                                 "folder (zipped before the upload) or zip")
+    up.add_argument("--kind", choices=["embeddings", "checkpoint"], help="default: checkpoint for a folder or when "
+                                                                         "a checkpoint flag is given, else embeddings")
     up.add_argument("--project", required=True)
     up.add_argument("--run", required=True, help="run name")
     up.add_argument("--step", type=int, default=0, help="training step (default 0)")
-    up.add_argument("--dataset", help="dataset the embeddings were computed on")
+    up.add_argument("--dataset", help="embeddings: the dataset they were computed on; checkpoint: the dataset to "
+                                      "embed (default digits)")
     up.add_argument("--suites", help="comma list; default: every suite the file allows")
     up.add_argument("--wait", action="store_true", help="wait for the evaluations and print their metrics")
     up.add_argument("--timeout", type=float, default=600.0, help="seconds to wait with --wait (default 600)")
     up.add_argument("--json", action="store_true", help="print JSON")
     up.add_argument("--url", default=os.environ.get("REPSCOPE_URL", "http://127.0.0.1:8000"),
                     help="server URL (default $REPSCOPE_URL or http://127.0.0.1:8000)")
+    add_cli_arguments(up)
     up.set_defaults(func=cmd_upload)
 
     runs = sub.add_parser("runs", help="list runs on the server")

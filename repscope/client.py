@@ -10,17 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from repscope.checkpoint_upload import checkpoint_fields, checkpoint_file
 from repscope.schemas import (
     FINISHED,
     ClaimRequest,
@@ -186,7 +186,8 @@ class Client:
                     progress: Callable[[int], None] | None = None, extra: dict[str, str] | None = None,
                     idempotency_key: str | None = None) -> UploadAccepted:
         """Stream a file as multipart/form-data; `progress(bytes_sent)` is called as the body goes out.
-        `extra`: more form fields. Checkpoints: arch, pool, output, views. Workers uploading the embeddings an
+        `extra`: more form fields. Checkpoints: arch, arch_kwargs, checkpoint_key, pool, output, views, mean, std,
+        resize, crop, interpolation (repscope.checkpoint_upload.checkpoint_fields builds them). Workers uploading the embeddings an
         embed step produced: `evaluation` (the embed evaluation's id) and `claim` (its claim id), with a worker
         token; the server then sets step, dataset, suites, parent checkpoint and embedding-cache key itself
         (`parent` and `cache_key` fields are refused with a 422).
@@ -387,40 +388,39 @@ class RunHandle:
 
     def log_file(self, path: str | os.PathLike, step: int, *, kind: str = "embeddings", dataset: str | None = None,
                  suites: Iterable[str] | None = None, **fields: Any) -> Upload:
-        """Upload a file as it is (embeddings file or checkpoint); extra fields: arch, pool, output, views."""
+        """Upload a file as it is (embeddings file or checkpoint); extra fields: the upload form's (arch, pool, ...)."""
         suites = list(suites) if suites is not None else None
         extra = {k: str(v) for k, v in fields.items() if v is not None}
         key = uuid.uuid4().hex
         return self._submit(lambda: self.client.upload_file(self.id, path, step=step, kind=kind, dataset=dataset,
                                                             suites=suites, extra=extra, idempotency_key=key))
 
-    def log_checkpoint(self, step: int, checkpoint: Any, *, arch: str | None = None, dataset: str | None = None,
-                       suites: Iterable[str] | None = None, pool: str | None = None, output: str | None = None,
-                       views: int | None = None) -> Upload:
-        """Upload an encoder: a checkpoint path, or an nn.Module — saved now as a state_dict when `arch` names
-        its architecture, else as TorchScript. The server embeds `dataset` with it and runs the suites."""
-        fields = {"arch": arch, "pool": pool, "output": output, "views": views}
-        if isinstance(checkpoint, str | os.PathLike):
-            return self.log_file(checkpoint, step, kind="checkpoint", dataset=dataset, suites=suites, **fields)
-        import torch  # only for modules
-
-        tmp = tempfile.NamedTemporaryFile(prefix="repscope-ckpt-", suffix=".pt", delete=False)  # noqa: SIM115
-        tmp.close()
-        path = Path(tmp.name)
-        if arch:
-            torch.save({k: v.detach().cpu() for k, v in checkpoint.state_dict().items()}, path)
-        else:
-            torch.jit.save(torch.jit.script(checkpoint), path)
+    def log_checkpoint(self, step: int, model_or_path: Any, *, arch: str | None = None,
+                       arch_kwargs: dict[str, Any] | str | None = None, checkpoint_key: str | None = None,
+                       mean: str | Sequence[float] | None = None, std: str | Sequence[float] | None = None,
+                       resize: int | None = None, crop: int | None = None, interpolation: str | None = None,
+                       pool: str | None = None, output: str | None = None, views: int | None = None,
+                       dataset: str | None = None, suites: Iterable[str] | None = None) -> Upload:
+        """Upload an encoder; the server embeds `dataset` with it and runs the suites. `model_or_path`: a checkpoint
+        file; a Hugging Face `save_pretrained` folder (zipped now); a transformers model (saved with
+        safe_serialization, arch "hf"); a timm model (its state_dict, arch defaulting to its timm name); another
+        nn.Module (its state_dict when `arch` is given, else TorchScript). Modules and folders are saved now, so
+        training may go on. `arch`: a timm name, torchvision:<name>, hf, resnet18_cifar / resnet50_cifar;
+        `arch_kwargs` (a dict, sent as JSON), `checkpoint_key`, `mean`/`std` (three floats), `resize`, `crop`,
+        `interpolation`: see the upload form (repscope.checkpoint_upload, backend.api.checkpoint_fields)."""
+        ckpt = checkpoint_file(model_or_path, arch)
+        extra = checkpoint_fields(arch=ckpt.arch, arch_kwargs=arch_kwargs, checkpoint_key=checkpoint_key, mean=mean,
+                                  std=std, resize=resize, crop=crop, interpolation=interpolation, pool=pool,
+                                  output=output, views=views)
         suites = list(suites) if suites is not None else None
-        extra = {k: str(v) for k, v in fields.items() if v is not None}
         key = uuid.uuid4().hex
 
         def job() -> UploadAccepted:
             try:
-                return self.client.upload_file(self.id, path, step=step, kind="checkpoint", dataset=dataset,
+                return self.client.upload_file(self.id, ckpt.path, step=step, kind="checkpoint", dataset=dataset,
                                                suites=suites, extra=extra, idempotency_key=key)
             finally:
-                path.unlink(missing_ok=True)
+                ckpt.cleanup()
 
         return self._submit(job)
 

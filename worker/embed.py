@@ -1,10 +1,14 @@
 """Embed an image dataset with an encoder: uint8 images in, float32 N x D (or N x q x D views) out.
 
-One batch at a time travels to the device as uint8 (pinned, non-blocking), is converted / resized /
-normalised there (worker.datasets.transforms) and goes through the encoder under ``torch.inference_mode``;
-on CUDA with bf16 autocast and channels_last (the usual fast path for convnets on tensor cores). The
-result of batch i is copied back while batch i + 1 is queued, so the GPU does not wait for the host.
-Memory is bounded by one batch on the device plus the N x D output on the host.
+One batch at a time travels to the device as uint8 (pinned, non-blocking), is converted there and preprocessed
+as the model expects (worker.datasets.preprocessing: resize, centre crop, normalise, from the model's timm /
+Hugging Face config when the loader found one, else the images' own size and ImageNet statistics) and goes
+through the encoder under ``torch.inference_mode`` as a channels_last batch: the layout uint8 N x H x W x C
+already has, on which oneDNN ran timm's ResNet-50 25-50 % faster than on NCHW input (2 CPU cores, fp32), and
+the fast path for convnets on tensor cores (on CUDA: bf16 autocast, channels_last weights). The result of batch
+i is copied back while batch i + 1 is queued, so the GPU does not wait for the host. Memory is bounded by one
+batch on the device plus the N x D output on the host. LiDAR views are augmented from the whole image straight
+to the network's input size (the crop).
 
 ``preprocessing_spec`` names everything besides the checkpoint and the dataset that changes the numbers; the embed
 step reports it, and repscope.cache holds the derived-embeddings cache keys and their version (DESIGN.md, data
@@ -24,6 +28,7 @@ from torch import nn
 from repscope import cache
 from repscope.cache import PREPROCESSING_VERSION
 from worker.datasets import transforms as T
+from worker.datasets.preprocessing import Preprocessing, apply, stats
 from worker.models.features import encode
 from worker.models.loading import LoadedEncoder
 from worker.suites.base import ProgressFn, no_progress
@@ -48,14 +53,42 @@ def _prepare(module: nn.Module, device: torch.device) -> nn.Module:
     return module
 
 
+def resolve_preprocessing(
+    module: nn.Module | LoadedEncoder | None = None,
+    preprocessing: Preprocessing | None = None,
+    *,
+    image_size: int | Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Preprocessing:
+    """The Preprocessing embed() applies: ``preprocessing``, else a LoadedEncoder's ``.preprocessing``, else the
+    images' own size with ImageNet statistics (a LoadedEncoder's ``input_size`` as an exact resize); then the
+    keyword overrides.
+
+    image_size -- the network input (int or (H, W)): with a preprocessing that centre-crops, the new crop
+                  (Preprocessing.with_overrides rescales the resize); without one, an exact resize (as before).
+    mean, std  -- replace the statistics.
+    """
+    if preprocessing is None and isinstance(module, LoadedEncoder):
+        preprocessing = getattr(module, "preprocessing", None)
+        if preprocessing is None and image_size is None:
+            image_size = module.input_size
+    prep = preprocessing or Preprocessing()
+    if image_size is not None:
+        size = T.as_size(image_size)
+        prep = prep.with_overrides(crop=size) if prep.crop is not None else prep.with_overrides(resize=size)
+    return prep.with_overrides(mean=mean, std=std)
+
+
 def embed(
     module: nn.Module | LoadedEncoder,
     images: np.ndarray,
     *,
+    preprocessing: Preprocessing | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     image_size: int | Sequence[int] | None = None,
-    mean: Sequence[float] = T.IMAGENET_MEAN,
-    std: Sequence[float] = T.IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     device: str | torch.device | None = None,
     amp: bool = True,
     views: int = 0,
@@ -65,17 +98,18 @@ def embed(
 ) -> np.ndarray:
     """Embeddings of uint8 N x H x W x C images: float32 [N, D], or [N, views, D] when views > 0.
 
-    image_size -- resize to this (int or (H, W)); None keeps the images' size, or uses a LoadedEncoder's
-                  ``input_size``.
-    views      -- q > 0: q seeded augmented views per image (transforms.views) instead of the image itself;
-                  batch_size then counts views (batch_size // q images per batch).
-    pool       -- how token outputs are reduced (features.encode); default the LoadedEncoder's, else "cls".
-    amp        -- bf16 autocast on CUDA (ignored on the CPU, which always runs fp32).
+    preprocessing -- resize / crop / normalisation; default a LoadedEncoder's ``.preprocessing``, else the
+                     images' own size and ImageNet statistics. image_size, mean, std override it
+                     (``resolve_preprocessing``).
+    views         -- q > 0: q seeded augmented views per image (transforms.views) at the network's input size
+                     instead of the image itself; batch_size then counts views (batch_size // q images per batch).
+    pool          -- how token outputs are reduced (features.encode); default the LoadedEncoder's, else "cls".
+    amp           -- bf16 autocast on CUDA (ignored on the CPU, which always runs fp32).
     The module is moved to the device and put in eval mode.
     """
+    prep = resolve_preprocessing(module, preprocessing, image_size=image_size, mean=mean, std=std)
     if isinstance(module, LoadedEncoder):
         pool = pool or module.pool
-        image_size = image_size if image_size is not None else module.input_size
         module = module.module
     pool = pool or "cls"
     if images.ndim != 4 or images.dtype != np.uint8:
@@ -89,8 +123,7 @@ def embed(
     cuda = dev.type == "cuda"
     module = _prepare(module, dev)
     per_batch = max(1, batch_size // views) if views else batch_size
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=dev)  # once, not per batch
-    std_t = torch.tensor(std, dtype=torch.float32, device=dev)
+    mean_std = stats(prep, dev)  # once, not per batch
     autocast = torch.autocast("cuda", dtype=AMP_DTYPE) if cuda and amp else contextlib.nullcontext()
     out: np.ndarray | None = None
     pending: tuple[int, int, torch.Tensor] | None = None
@@ -108,14 +141,12 @@ def embed(
     with torch.inference_mode():
         for i, start in enumerate(range(0, n, per_batch)):
             stop = min(n, start + per_batch)
-            x = T.to_device(np.ascontiguousarray(images[start:stop]), dev)
+            x = T.to_float(T.to_device(np.ascontiguousarray(images[start:stop]), dev), len(prep.mean))
             if views:
-                v = T.views(T.to_float(x, len(mean)), views, seed, offset=start, size=image_size)
-                x = T.normalize(v, mean_t, std_t).contiguous(
-                    memory_format=torch.channels_last if cuda else torch.contiguous_format
-                )
+                v = T.views(x, views, seed, offset=start, size=prep.output_size(x.shape[-2:]))
+                x = T.normalize(v, *mean_std).contiguous(memory_format=torch.channels_last)
             else:
-                x = T.preprocess(x, image_size=image_size, mean=mean_t, std=std_t, channels_last=cuda)
+                x = apply(x, prep, mean_std=mean_std, channels_last=True)
             with autocast:
                 z = encode(module, x, pool=pool)
             if pending is not None:  # copy batch i - 1 back while batch i runs
@@ -127,34 +158,45 @@ def embed(
     return out
 
 
+def _augment_spec(seed: int) -> dict[str, Any]:
+    return {"seed": int(seed),
+            "augment": {"crop_scale": list(T.CROP_SCALE), "crop_ratio": [round(r, 6) for r in T.CROP_RATIO],
+                        "flip_p": T.FLIP_P, "jitter": list(T.JITTER), "jitter_p": T.JITTER_P,
+                        "gray_p": T.GRAY_P}}  # fmt: skip
+
+
 def preprocessing_spec(
     *,
+    preprocessing: Preprocessing | None = None,
     image_size: int | Sequence[int] | None = None,
-    mean: Sequence[float] = T.IMAGENET_MEAN,
-    std: Sequence[float] = T.IMAGENET_STD,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     views: int = 0,
     seed: int = 0,
     precision: str = "fp32",
     pool: str = "cls",
     output: str = "backbone",
 ) -> dict[str, Any]:
-    """Everything besides checkpoint and dataset bytes that changes the embeddings, as plain JSON."""
-    spec: dict[str, Any] = {
-        "version": PREPROCESSING_VERSION,
-        "image_size": list(T.as_size(image_size)) if image_size is not None else None,
-        "resize": "bilinear-antialias",
-        "mean": [round(float(m), 6) for m in mean],
-        "std": [round(float(s), 6) for s in std],
-        "precision": precision,
-        "pool": pool,
-        "output": output,
-        "views": int(views),
-    }
+    """Everything besides checkpoint and dataset bytes that changes the embeddings, as plain JSON.
+
+    With ``preprocessing`` (image_size / mean / std then override it, as in embed()), the spec records its
+    to_json() under "preprocessing"; without it, the earlier form (image_size, bilinear resize, mean, std), whose
+    keys stay as they were.
+    """
+    spec: dict[str, Any] = {"version": PREPROCESSING_VERSION}
+    if preprocessing is not None:
+        prep = resolve_preprocessing(None, preprocessing, image_size=image_size, mean=mean, std=std)
+        spec["preprocessing"] = prep.to_json()
+    else:
+        spec.update({
+            "image_size": list(T.as_size(image_size)) if image_size is not None else None,
+            "resize": "bilinear-antialias",
+            "mean": [round(float(m), 6) for m in (T.IMAGENET_MEAN if mean is None else mean)],
+            "std": [round(float(s), 6) for s in (T.IMAGENET_STD if std is None else std)],
+        })  # fmt: skip
+    spec.update({"precision": precision, "pool": pool, "output": output, "views": int(views)})
     if views:
-        spec["seed"] = int(seed)
-        spec["augment"] = {"crop_scale": list(T.CROP_SCALE), "crop_ratio": [round(r, 6) for r in T.CROP_RATIO],
-                           "flip_p": T.FLIP_P, "jitter": list(T.JITTER), "jitter_p": T.JITTER_P,
-                           "gray_p": T.GRAY_P}  # fmt: skip
+        spec.update(_augment_spec(seed))
     return spec
 
 

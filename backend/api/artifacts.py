@@ -7,6 +7,8 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from backend.api.checkpoint_fields import FORM_PROPERTIES as CHECKPOINT_FORM_PROPERTIES
+from backend.api.checkpoint_fields import parse_checkpoint_fields
 from backend.api.deps import CanRead, CanUpload, QueueDep, SessionDep, SettingsDep, StoreDep
 from backend.api.openapi import FILE_RESPONSE
 from backend.api.params import SQL_INT_MAX, SqlInt
@@ -53,16 +55,13 @@ UPLOAD_FORM_SCHEMA = {
                 "file": {"type": "string", "format": "binary",
                          "description": "embeddings: .npy (N x D), .npz / .safetensors (embeddings, labels, "
                                         "split, poison) or .pt (weights-only torch.save); checkpoint: "
-                                        "TorchScript, torch.export .pt2, state_dict .pt/.pth or .safetensors"},
+                                        "TorchScript, torch.export .pt2, state_dict .pt/.pth, .safetensors or "
+                                        "a Hugging Face model zip (config.json + *.safetensors)"},
                 "kind": {"type": "string", "enum": list(ARTIFACT_KINDS), "default": "embeddings"},
                 "step": {"type": "integer", "minimum": 0, "maximum": MAX_STEP, "default": 0},
                 "dataset": {"type": "string", "description": "embeddings: the dataset they were computed on; "
                                                              "checkpoint: the dataset to embed (default digits)"},
-                "arch": {"type": "string", "description": "checkpoint state_dicts: architecture name"},
-                "pool": {"type": "string", "enum": ["cls", "mean"], "description": "ViTs: CLS token or mean"},
-                "output": {"type": "string", "enum": ["backbone", "projector"]},
-                "views": {"type": "integer", "minimum": 0, "maximum": 16,
-                          "description": "augmented views per image (enables LiDAR)"},
+                **CHECKPOINT_FORM_PROPERTIES,
                 "suites": {"type": "string", "description": "comma list of spectrum, probes; default: every "
                                                            "suite the file allows (probes needs labels)"},
                 "evaluation": {"type": "integer", "minimum": 1,
@@ -72,11 +71,6 @@ UPLOAD_FORM_SCHEMA = {
             }}}},
     }
 }
-
-
-POOLS = ("cls", "mean")
-OUTPUTS = ("backbone", "projector")
-MAX_VIEWS = 16
 
 
 @dataclass
@@ -123,13 +117,7 @@ def _parse_fields(fields: dict[str, str]) -> UploadFields:
         suites = parse_suites(fields.get("suites"))
     except ValueError as exc:
         raise UploadRejected(str(exc)) from None
-    params = {}
-    if kind == "checkpoint":
-        arch = (fields.get("arch") or "").strip() or None
-        if arch is not None and not re.fullmatch(r"[A-Za-z0-9_.\-/]{1,100}", arch):
-            raise UploadRejected(f"arch {arch!r} is not a valid architecture name")
-        params = {"arch": arch, "pool": _choice(fields, "pool", POOLS), "output": _choice(fields, "output", OUTPUTS),
-                  "views": _int_field(fields, "views", 0, 0, MAX_VIEWS)}
+    params = parse_checkpoint_fields(fields) if kind == "checkpoint" else {}
     evaluation_id = _int_field(fields, "evaluation", 0, 0, SQL_INT_MAX) or None
     claim = (fields.get("claim") or "").strip() or None
     if (evaluation_id is None) != (claim is None):

@@ -11,7 +11,8 @@ from backend.pages.templates import render
 from backend.services import runs as run_service
 from repscope import suites as registry
 
-ARCH_SUGGESTIONS = ("resnet18_cifar", "resnet50", "vit_small", "vit_tiny")
+ARCH_SUGGESTIONS = ("resnet50", "vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2", "vit_base_patch16_224",
+                    "torchvision:resnet101", "hf", "resnet18_cifar", "resnet50_cifar")  # any timm name is accepted
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(page_reader)])
 

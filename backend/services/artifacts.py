@@ -276,13 +276,16 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
                         filename: str | None, step: int, dataset: Dataset, params: dict,
                         suites: list[str] | None, idempotency: Idempotency | None = None) -> Registered:
     """Validate a checkpoint, store it, and queue its embedding on `dataset` (or reuse cached embeddings)."""
+    from repscope.architectures import checkpoint_arch
     from repscope.checkpoints import CheckpointError, inspect_checkpoint
 
     try:
         info = inspect_checkpoint(received.path, filename)
-        if info.needs_arch and not params.get("arch"):
-            raise UploadRejected(f"a {info.format} checkpoint holds weights only: name its architecture in the "
-                                 "'arch' field (e.g. resnet18_cifar, vit_small, or a timm model name)")
+        try:
+            params = {**params, "arch": checkpoint_arch(params.get("arch"), info.format, info.named_arch,
+                                                        needs_arch=info.needs_arch)}
+        except ValueError as exc:
+            raise UploadRejected(str(exc)) from None
         suites = suites if suites is not None else default_suites(bool(dataset.classes))
         on_encoder, on_embeddings = split_checkpoint_suites(suites)
     except CheckpointError as exc:
@@ -295,7 +298,7 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
     params = {**params, "dataset": dataset.name, "suites": on_embeddings}
     dataset_hash = dataset_content_hash(dataset)
     cache_key = embedding_cache_key(received.sha256, dataset_hash, params) if dataset_hash else None
-    ext = {"export": "pt2", "safetensors": "safetensors"}.get(info.format, "pt")
+    ext = {"export": "pt2", "safetensors": "safetensors", "hf": "zip"}.get(info.format, "pt")
     existing = _by_dedupe_key(session, run.id, dedupe)
     if existing is not None:
         return _reuse(store, existing, received, ext)

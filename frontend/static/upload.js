@@ -118,6 +118,10 @@ form.addEventListener("submit", async (e) => {
     if (kind === "checkpoint") {
       Object.assign(fields, { arch: (data.get("arch") || "").trim(), pool: data.get("pool"),
                               output: data.get("output"), views: data.get("views") || "0" });
+      for (const name of ["arch_kwargs", "checkpoint_key", "mean", "std", "resize", "crop", "interpolation"]) {
+        const value = (data.get(name) || "").trim();
+        if (value) fields[name] = value;
+      }
     }
     const accepted = await send(run.id, fields);
     bar.value = 1;

@@ -12,11 +12,11 @@ UPLOAD_PARAMS = {"arch": "resnet18_cifar", "pool": "cls", "output": "backbone", 
 
 def test_embedding_cache_key_is_pinned():
     assert embedding_cache_key("a" * 64, "builtin:digits:v1", UPLOAD_PARAMS) == (
-        "bea91d6f524e26a52bcbc645827f5011f39dc812d48bc0abf2994ace91c1c2e0")
+        "ad62a8da130685f8298535c466a23bffb20448acb6af46bc78bf2d6f69d70116")
     assert embedding_cache_key("0123" * 16, "f" * 64, {}) == (
-        "97c71fe3cfc0f974af20207d478caa42215afe4ee0f552d17effe84be05e873b")
+        "c9441d9dc1ae8cf4d397700251cd4575d9d6fc98877b9c2ac9cc8999105d50bc")
     assert embedding_cache_key("0123" * 16, "f" * 64, {"views": "4", "image_size": "224", "pool": "mean"}) == (
-        "6af5fd0c15a6e4a6cca0fbeb654b84a250215d6a27fb9cb5a01cd5480fc54b0b")
+        "1121aed14e87c7fd295ac81df4fe75fa7b89fbac39b4475b670845975d84a2e4")
 
 
 def test_embedding_cache_key_ignores_what_does_not_change_the_embeddings():
@@ -35,6 +35,6 @@ def test_worker_preprocessing_key_is_pinned():
     pytest.importorskip("torch")
     from worker import embed
 
-    assert embed.preprocessing_key() == "pp1-861d361241928e8e"
-    assert embed.preprocessing_key(image_size=224, views=4, seed=1, precision="bf16-autocast") == "pp1-bd4f216b80398038"
-    assert preprocessing_key(embed.preprocessing_spec()) == "pp1-861d361241928e8e"
+    assert embed.preprocessing_key() == "pp2-de6f144b65a6a56e"
+    assert embed.preprocessing_key(image_size=224, views=4, seed=1, precision="bf16-autocast") == "pp2-61b4fe5d7e6d530f"
+    assert preprocessing_key(embed.preprocessing_spec()) == "pp2-de6f144b65a6a56e"
