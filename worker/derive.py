@@ -131,7 +131,7 @@ def _preprocessing(report: dict[str, Any]):  # noqa: ANN202 - Preprocessing
     """The Preprocessing the sandboxed child applied (its report was validated by worker.sandbox)."""
     from worker.datasets.preprocessing import Preprocessing
 
-    return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["preprocessing"].items()})
+    return Preprocessing.from_json(report["preprocessing"])
 
 
 def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, settings: Settings, device: str,

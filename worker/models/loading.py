@@ -88,7 +88,7 @@ class LoadedEncoder:
     @property
     def input_size(self) -> tuple[int, int] | None:
         """(H, W) the network is fed, or None when it takes the images' own size."""
-        return self.preprocessing.crop
+        return self.preprocessing.input_size
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return encode(self.module, images, pool=self.pool)

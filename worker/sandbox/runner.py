@@ -264,10 +264,10 @@ def _valid_preprocessing(spec: Any) -> bool:
     """The child's Preprocessing.to_json(): rebuilt by the dataclass, which checks every field."""
     from worker.datasets.preprocessing import Preprocessing
 
-    if not isinstance(spec, dict) or set(spec) - set(Preprocessing.__dataclass_fields__):
+    if not isinstance(spec, dict):
         return False
     try:
-        Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+        Preprocessing.from_json(spec)
     except (TypeError, ValueError):
         return False
     return isinstance(spec.get("source"), str) and len(spec["source"]) <= 500
