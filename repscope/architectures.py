@@ -23,6 +23,13 @@ BUILTINS = {
 }
 ALIASES = {"vit_small": "vit_small_patch16_224", "vit_tiny": "vit_tiny_patch16_224"}
 LIBRARIES = ("timm", "torchvision", HF, "repscope")
+# Constructor arguments that would load or fetch weights, or change what the network returns, instead of shaping it:
+# refused in arch_kwargs (the API at upload, the worker again before building).
+RESERVED_KWARGS = frozenset({
+    "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "checkpoint_path", "cache_dir",
+    "weights", "weights_backbone", "progress", "features_only", "num_classes", "trust_remote_code",
+    "local_files_only", "revision", "token", "use_safetensors", "output_loading_info",
+})  # fmt: skip
 N_CLOSE = 6  # close names listed in an UnknownArchitecture message
 CLOSE_CUTOFF = 0.6  # difflib similarity ratio for a close name
 N_PREFIXED = 3  # of them at most this many names that begin with the unknown one

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from backend.services.artifacts import UploadRejected
-from repscope.architectures import UnknownArchitecture, resolve_name
+from repscope.architectures import RESERVED_KWARGS, UnknownArchitecture, resolve_name
 
 POOLS = ("cls", "mean")
 OUTPUTS = ("backbone", "projector")
@@ -100,6 +100,9 @@ def parse_arch_kwargs(raw: str) -> dict[str, Any]:
     for key, item in value.items():
         if not ARCH_KWARG_NAME.fullmatch(key):
             raise UploadRejected(f"arch_kwargs key {key[:80]!r} is not a Python identifier")
+        if key in RESERVED_KWARGS:
+            raise UploadRejected(f"arch_kwargs key {key!r} is not allowed: it would load, fetch or reshape weights "
+                                 "rather than describe the architecture (the uploaded checkpoint is the weights)")
         if not (_scalar(item) or (isinstance(item, list) and all(_scalar(v) for v in item))):
             raise UploadRejected(f"arch_kwargs[{key!r}] must be a finite number, string, bool, null or a flat list "
                                  "of those")

@@ -86,6 +86,8 @@ BAD_FIELDS = {
     "arch_kwargs NaN": ({"arch": "resnet50", "arch_kwargs": '{"drop_rate": NaN}'}, "finite number"),
     "arch_kwargs nested": ({"arch": "resnet50", "arch_kwargs": '{"a": {"b": 1}}'}, "flat list"),
     "arch_kwargs key": ({"arch": "resnet50", "arch_kwargs": '{"img size": 1}'}, "not a Python identifier"),
+    "arch_kwargs loads weights": ({"arch": "resnet50", "arch_kwargs": '{"checkpoint_path": "/etc/passwd"}'},
+                                  "'checkpoint_path' is not allowed"),
     "arch_kwargs long": ({"arch": "resnet50", "arch_kwargs": json.dumps({"x": "a" * 2000})}, "limit is 2000"),
     "two means": ({"arch": "resnet50", "mean": "0.5,0.5"}, "mean must be three numbers"),
     "mean out of range": ({"arch": "resnet50", "mean": "[124, 116, 104]"}, "within [0, 1]"),

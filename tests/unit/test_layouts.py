@@ -462,3 +462,10 @@ def test_unknown_arch_and_missing_arch_are_clear(tmp_path):
         load_encoder(path, arch="resnet5O")
     with pytest.raises(CheckpointError, match="name its architecture"):
         load_encoder(path)
+
+
+def test_arch_kwargs_that_would_load_other_weights_are_refused(tmp_path):
+    path = save(resnet().state_dict(), tmp_path / "r18.pth")
+    for kwargs in ({"pretrained": True}, {"checkpoint_path": "/etc/passwd"}, {"pretrained_cfg_overlay": "x"}):
+        with pytest.raises(CheckpointError, match="not allowed"):
+            load_encoder(path, arch="resnet18", arch_kwargs=kwargs)

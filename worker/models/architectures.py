@@ -66,6 +66,9 @@ def build(arch: str, *, arch_kwargs: dict[str, Any] | None = None, pool: str = "
     except ValueError as exc:
         raise ArchitectureError(str(exc)) from None
     kwargs = dict(arch_kwargs or {})
+    reserved = sorted(set(kwargs) & names.RESERVED_KWARGS)
+    if reserved:
+        raise ArchitectureError(f"arch_kwargs {reserved} are not allowed: the uploaded checkpoint is the weights")
     builder = {"timm": _timm, "torchvision": _torchvision, "repscope": _repscope}.get(library)
     if builder is None:
         raise ArchitectureError(f"architecture {arch!r} is built from the checkpoint's own config (a Hugging Face "

@@ -101,6 +101,12 @@ def load_hf(path: str, *, pool: str = "cls", arch_kwargs: dict[str, Any] | None 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel
 
+    from repscope.architectures import RESERVED_KWARGS
+
+    reserved = sorted(set(arch_kwargs or {}) & RESERVED_KWARGS)
+    if reserved:
+        raise ArchitectureError(f"arch_kwargs {reserved} are not allowed: the uploaded checkpoint is the weights")
+
     with tempfile.TemporaryDirectory(prefix="repscope-hf-") as tmp:
         config, processor = extract_hf_zip(path, Path(tmp))
         if "auto_map" in config:
