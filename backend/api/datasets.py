@@ -69,7 +69,9 @@ async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
 @router.post("/datasets/folder", status_code=201, dependencies=[CanAdmin], response_model=DatasetRead,
              responses={409: {"description": "A dataset with that name exists"}})
 def register_folder(body: DatasetFolderCreate, session: SessionDep, settings: SettingsDep) -> DatasetRead:
-    """Register an ImageFolder on the server's disk (under REPSCOPE_DATASET_ROOTS)."""
+    """Register a dataset folder on the server's disk (under REPSCOPE_DATASET_ROOTS): an ImageFolder tree
+    (`<class>/<image>`, optionally under `train/` and `val/`), DINOv2's ImageNet layout (`train/`, `val/`, `test/`,
+    `labels.txt`), or the CIFAR-10 / CIFAR-100 / STL-10 binary files (their Python pickles are refused)."""
     try:
         dataset = service.register_folder(session, name=body.name, path=body.path,
                                           roots=settings.dataset_root_paths, description=body.description)

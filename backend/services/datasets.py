@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from backend.models import Dataset
 from backend.services import Conflict, NotFound
 from backend.storage import ArtifactStore, Received
+from repscope.dataset_layouts import MAX_SCAN_FILES, describe_folder
 from repscope.datasets import (
     BUILTIN_DATASETS,
     DatasetError,
@@ -72,24 +73,25 @@ def register_upload(session: Session, store: ArtifactStore, received: Received, 
     return dataset
 
 
-def register_folder(session: Session, *, name: str, path: str, roots: list[Path],
-                    description: str | None) -> Dataset:
-    """A server-side ImageFolder under one of the configured roots (for datasets too large to upload)."""
+def register_folder(session: Session, *, name: str, path: str, roots: list[Path], description: str | None,
+                    max_files: int = MAX_SCAN_FILES) -> Dataset:
+    """A server-side folder under one of the configured roots (for datasets too large to upload): an ImageFolder
+    tree, DINOv2's ImageNet layout or CIFAR-10/100 / STL-10 binaries (repscope.dataset_layouts tells which)."""
     check_dataset_name(name)
     if not roots:
         raise DatasetError("server-side dataset folders are disabled: set REPSCOPE_DATASET_ROOTS")
     resolved = Path(path).resolve()
-    if not any(resolved == r.resolve() or r.resolve() in resolved.parents for r in roots):
+    root = next((r.resolve() for r in roots if resolved.is_relative_to(r.resolve())), None)
+    if root is None:
         raise DatasetError(f"{path!r} is outside the configured dataset roots")
     if not resolved.is_dir():
         raise DatasetError(f"{path!r} is not a folder on the server")
-    classes = sorted(p.name for p in resolved.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"{path!r} holds no class folders (expected <class>/<image>)")
     if session.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
         raise Conflict(f"dataset {name!r} already exists; pick another name")
-    dataset = Dataset(name=name, kind="path", format="folder", n=None, classes=classes,
-                      sha256=f"path:{resolved}", description=description, meta={"path": str(resolved)})
+    layout = describe_folder(resolved, root, max_files)
+    dataset = Dataset(name=name, kind="path", format=layout.format, n=layout.n, image_shape=layout.image_shape,
+                      classes=layout.classes, sha256=f"path:{resolved}", description=description,
+                      meta={"path": str(resolved), **layout.to_meta()})
     session.add(dataset)
     session.commit()
     return dataset

@@ -216,6 +216,7 @@ def test_other_preprocessing_or_a_server_folder_is_not_a_cache_hit(settings, tmp
 
     root = tmp_path / "roots"
     (root / "pets" / "cat").mkdir(parents=True)
+    (root / "pets" / "cat" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # a class folder with no image is refused
     app = create_app(settings.model_copy(update={"dataset_roots": str(root)}), run_sweeper=False)
     with TestClient(app, headers=ADMIN_HEADERS) as api:
         folder = api.post("/api/v1/datasets/folder", json={"name": "pets", "path": str(root / "pets")})

@@ -7,7 +7,8 @@ no path traversal (``..``, absolute paths, drive letters), no symlinks, no encry
 ``max_members`` entries and ``max_expanded_bytes`` declared in total, and no member whose compression
 ratio exceeds ``max_ratio`` (zip bombs; checked from ZIP_RATIO_MIN_BYTES up, since tiny files of constant
 bytes legitimately compress well). Image headers are checked against ``max_image_pixels`` before
-decoding. Server folders are only read under configured roots, with symlinks resolved.
+decoding. Server folders are only read under configured roots, with symlinks resolved; their layout
+(ImageFolder, DINOv2's ImageNet, CIFAR-10/100 or STL-10 binaries) is told by repscope.dataset_layouts.
 
 Decoding images needs Pillow (``pip install pillow``); .npz files do not.
 """
@@ -15,128 +16,34 @@ Decoding images needs Pillow (``pip install pillow``); .npz files do not.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import stat
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from repscope.formats import FormatError, ZipLimits, _npz_member, check_npz_directory
+from repscope import dataset_layouts as layouts
+from repscope.datasets import DatasetError as LayoutDatasetError
 
 from .builtin import ImageDataset, stratified_split
+from .errors import DatasetError
+from .npz import read_npz
+
+__all__ = ["DatasetError", "check_zip_members", "read_dataset_file", "read_image_folder", "read_image_zip",
+           "read_npz"]
 
 MAX_MEMBERS = 200_000
 MAX_EXPANDED_BYTES = 8 << 30
 MAX_RATIO = 100.0
 ZIP_RATIO_MIN_BYTES = 1 << 16
 MAX_IMAGE_PIXELS = 4096 * 4096  # per decoded image
-MAX_NPZ_MEMBERS = 16
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff")
-SPLIT_DIRS = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 1}
-IGNORED_PARTS = ("__MACOSX",)
+IMAGE_EXTENSIONS, SPLIT_DIRS, IGNORED_PARTS = layouts.IMAGE_EXTENSIONS, layouts.SPLIT_DIRS, layouts.IGNORED_PARTS
 _DRIVE = re.compile(r"^[A-Za-z]:")
-
-
-class DatasetError(ValueError):
-    """An unusable dataset upload; the message names the problem in plain words (becomes the 4xx detail)."""
-
-
-# ---------------------------------------------------------------- .npz
-
-
-def _check_npz_archive(path, max_expanded_bytes: int, zip_limits: ZipLimits | None = None) -> None:
-    """The API's checks again (defence in depth), before np.load allocates anything: the directory's declared
-    total and per-member ratios, then every .npy header against its member's declared size."""
-    limits = zip_limits or ZipLimits.from_settings()
-    limits = replace(limits, max_expanded_bytes=min(limits.max_expanded_bytes, max_expanded_bytes))
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = zf.infolist()
-            if len(infos) > MAX_NPZ_MEMBERS:
-                raise DatasetError(f".npz has {len(infos)} arrays; at most {MAX_NPZ_MEMBERS} are accepted")
-            check_npz_directory(infos, limits)
-            for info in infos:
-                _npz_member(path, zf, info, info.filename)
-    except DatasetError:
-        raise
-    except FormatError as e:
-        raise DatasetError(f"invalid .npz: {e}") from e
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as e:
-        raise DatasetError(f"not a valid .npz (zip) file: {e}") from e
-
-
-def _as_split(raw: np.ndarray, n: int) -> np.ndarray:
-    if raw.ndim != 1 or len(raw) != n:
-        raise DatasetError(f"split must be a 1-D array of {n} entries, got shape {raw.shape}")
-    if raw.dtype.kind not in "iub":
-        raise DatasetError(f"split must be integers 0 (train) / 1 (test), got dtype {raw.dtype}")
-    bad = raw[(raw != 0) & (raw != 1)]
-    if bad.size:
-        raise DatasetError(f"split must contain only 0 (train) and 1 (test); found {bad[0]}")
-    return raw.astype(np.int8)
-
-
-def read_npz(
-    path: str | os.PathLike,
-    *,
-    name: str = "upload",
-    max_expanded_bytes: int = MAX_EXPANDED_BYTES,
-    zip_limits: ZipLimits | None = None,
-) -> ImageDataset:
-    """``images`` uint8 N x H x W x C (C in {1, 3}; N x H x W is read as C = 1), ``labels`` integer N,
-    optional ``split`` (0 train / 1 test; default stratified 80/20, seed 0) and ``classes`` (strings).
-    `zip_limits` default: ZipLimits.from_settings(), the worker's REPSCOPE_* settings."""
-    _check_npz_archive(path, max_expanded_bytes, zip_limits)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = set(z.files)
-            missing = {"images", "labels"} - keys
-            if missing:
-                raise DatasetError(f".npz lacks {sorted(missing)}; it has {sorted(keys)}")
-            images, labels = z["images"], z["labels"]
-            split = z["split"] if "split" in keys else None
-            classes = z["classes"] if "classes" in keys else None
-    except DatasetError:
-        raise
-    except ValueError as e:  # object arrays refused by allow_pickle=False, corrupt headers
-        raise DatasetError(f"invalid .npz: {e}") from e
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DatasetError(f"invalid .npz: {e}") from e
-    if images.dtype != np.uint8:
-        raise DatasetError(f"images must be uint8 (0-255), got dtype {images.dtype}")
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise DatasetError(f"images must be N x H x W x C with C = 1 or 3, got shape {images.shape}")
-    n = images.shape[0]
-    if n < 1 or images.shape[1] < 1 or images.shape[2] < 1:
-        raise DatasetError(f"images must hold at least one non-empty image, got shape {images.shape}")
-    if labels.ndim != 1 or len(labels) != n:
-        raise DatasetError(
-            f"labels must be a 1-D array of {n} entries (one per image), got shape {labels.shape}"
-        )
-    if labels.dtype.kind not in "iu":
-        raise DatasetError(f"labels must be integers, got dtype {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise DatasetError("labels must be non-negative class indices")
-    labels = labels.astype(np.int64)
-    split = stratified_split(labels) if split is None else _as_split(split, n)
-    n_classes = int(labels.max()) + 1
-    if classes is None:
-        names = [str(i) for i in range(n_classes)]
-    else:
-        if classes.dtype.kind not in "US" or classes.ndim != 1 or len(classes) < n_classes:
-            raise DatasetError(f"classes must be a 1-D string array with at least {n_classes} names")
-        names = [str(c) for c in classes.tolist()]
-    return ImageDataset(np.ascontiguousarray(images), labels, split, names, name)
-
-
-# ---------------------------------------------------------------- zip guards
+log = logging.getLogger(__name__)
 
 
 def _unsafe_name(name: str) -> str | None:
@@ -325,14 +232,28 @@ def read_image_folder(
         raise DatasetError(f"dataset folder {str(path)!r} is outside the configured dataset roots")
     if not folder.is_dir():
         raise DatasetError(f"{str(path)!r} is not a folder")
-    rel_paths = []
-    for dirpath, dirnames, filenames in os.walk(folder):  # does not follow directory symlinks
-        dirnames.sort()
-        for fn in sorted(filenames):
-            rel_paths.append(Path(dirpath, fn).relative_to(folder).as_posix())
-            if len(rel_paths) > max_members:
-                raise DatasetError(f"folder has more than {max_members} files")
-    items = _layout(rel_paths)
+    name = name or folder.name
+    try:
+        fmt, layout_root = layouts.detect_layout(folder)
+        if fmt in layouts.BINARY_SPECS:
+            from .binaries import read_binary_dataset
+
+            return read_binary_dataset(layout_root, fmt, root, name=name)
+        rel_paths = []
+        for dirpath, dirnames, filenames in os.walk(folder):  # does not follow directory symlinks
+            dirnames.sort()
+            for fn in sorted(filenames):
+                rel_paths.append(Path(dirpath, fn).relative_to(folder).as_posix())
+                if len(rel_paths) > max_members:
+                    raise DatasetError(f"folder has more than {max_members} files")
+        wnid_names = layouts.dinov2_labels(layout_root, root) if fmt == "dinov2-imagenet" else None
+        if wnid_names is None:
+            items = _layout(rel_paths)
+        else:  # DINOv2's ImageNet: train/<wnid>/, val/<wnid>/; test/ has no labels
+            items, skipped = layouts.dinov2_items(rel_paths, layout_root.relative_to(folder).as_posix())
+            log.info("DINOv2 layout %s: %d unlabelled test/ images skipped", folder, skipped)
+    except LayoutDatasetError as e:
+        raise DatasetError(str(e)) from None
     real_paths = {}
     for rel, _, _ in items:  # every file, links resolved, must stay under the root (before any decoding)
         real = (folder / rel).resolve()
@@ -344,8 +265,11 @@ def read_image_folder(
     def read(rel: str) -> bytes:
         return real_paths[rel].read_bytes()
 
-    return _assemble(items, read, name=name or folder.name, image_size=image_size,
-                     max_image_pixels=max_image_pixels)  # fmt: skip
+    ds = _assemble(items, read, name=name, image_size=image_size,
+                   max_image_pixels=max_image_pixels)  # fmt: skip
+    if wnid_names is not None:
+        ds.classes = layouts.class_names(ds.classes, wnid_names)
+    return ds
 
 
 def read_dataset_file(path: str | os.PathLike, **kw) -> ImageDataset:
