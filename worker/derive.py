@@ -27,7 +27,20 @@ VIEW_SEED = 0
 PREPROCESSING_FIELDS = ("mean", "std", "resize", "crop", "interpolation")  # upload overrides of the model config's
 
 
-def fetch_dataset(name: str, client: Client, settings: Settings):  # noqa: ANN201 - ImageDataset
+def check_manifest(path: str, expected: str) -> None:
+    """A server folder must still hold what it held when the checkpoint was uploaded (its manifest is in the embed
+    cache key): otherwise fail, rather than cache embeddings of other images under that key."""
+    from repscope.dataset_manifest import folder_manifest
+
+    found = folder_manifest(path)
+    if found.key != expected:
+        raise ValueError(f"dataset folder {path!r} changed since the checkpoint was uploaded (its files' manifest "
+                         f"is {found.key[:24]}..., was {expected[:24]}...): upload the checkpoint again to "
+                         "evaluate it on the folder's current contents")
+
+
+def fetch_dataset(name: str, client: Client, settings: Settings,  # noqa: ANN201 - ImageDataset
+                  manifest: str | None = None):
     from worker.datasets.builtin import BUILTIN, load_builtin
     from worker.datasets.readers import read_dataset_file, read_image_folder
 
@@ -37,6 +50,8 @@ def fetch_dataset(name: str, client: Client, settings: Settings):  # noqa: ANN20
             raise ValueError(f"this worker cannot generate built-in dataset {name!r}; it has {sorted(BUILTIN)}")
         return load_builtin(name)
     if info["kind"] == "path":
+        if manifest is not None:
+            check_manifest(info["meta"]["path"], manifest)
         return read_image_folder(info["meta"]["path"], roots=settings.dataset_root_paths)
     cache = Path(settings.worker_cache_dir or settings.data_dir / "worker-cache") / "datasets"
     dest = cache / f"{info['sha256']}.{'npz' if info['format'] == 'npz' else 'zip'}"
@@ -88,7 +103,7 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
 
     params: dict[str, Any] = dict(claim.evaluation.params)
     progress(0.02, f"loading dataset {params['dataset']}")
-    dataset = fetch_dataset(params["dataset"], client, settings)
+    dataset = fetch_dataset(params["dataset"], client, settings, params.get("dataset_manifest"))
     views = int(params.get("views") or 0)
     out = run_sandboxed(sandbox_job(claim, settings, device, "embed", views=views, seed=VIEW_SEED), checkpoint,
                         dataset, settings, progress)
@@ -144,7 +159,7 @@ def run_on_encoder(claim: ClaimResponse, checkpoint: Path, client: Client, setti
     if not spec.encoder:
         raise ValueError(f"suite {suite!r} does not run on an encoder")
     progress(0.02, f"loading dataset {params['dataset']}")
-    dataset = fetch_dataset(params["dataset"], client, settings)
+    dataset = fetch_dataset(params["dataset"], client, settings, params.get("dataset_manifest"))
     out = run_sandboxed(sandbox_job(claim, settings, device, "suite", suite=suite), checkpoint, dataset, settings,
                         progress, labels=LABELS in spec.uses)
     result = suite_result(out.result, suite)

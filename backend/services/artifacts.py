@@ -250,11 +250,17 @@ def list_run_artifacts(session: Session, run_id: int, *, with_evaluations: bool 
 # --- checkpoints ---------------------------------------------------------------------------------------
 
 def dataset_content_hash(dataset: Dataset) -> str | None:
-    """What pins a dataset's images: an upload's sha256, a built-in's generator version. A server folder has
-    none (its files can change under the same path), so its embeddings are never cached."""
-    if dataset.kind == "path" or not dataset.sha256 or dataset.sha256.startswith("path:"):
-        return None
-    return dataset.sha256
+    """What pins a dataset's images: an upload's sha256, a built-in's generator version, a server folder's
+    manifest hash now (repscope.dataset_manifest: every file's path, size and mtime; UploadRejected when the
+    folder cannot be listed)."""
+    if dataset.kind == "path":
+        from repscope.dataset_manifest import ManifestError, folder_manifest
+
+        try:
+            return folder_manifest((dataset.meta or {}).get("path", "")).key
+        except ManifestError as exc:
+            raise UploadRejected(f"dataset {dataset.name!r}: {exc}") from None
+    return dataset.sha256 or None
 
 
 def find_cached_embeddings(session: Session, store: ArtifactStore, cache_key: str,
@@ -288,6 +294,9 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
             raise UploadRejected(str(exc)) from None
         suites = suites if suites is not None else default_suites(bool(dataset.classes))
         on_encoder, on_embeddings = split_checkpoint_suites(suites)
+        dataset_hash = dataset_content_hash(dataset)
+        if dataset.kind == "path":  # the worker checks the folder still has this manifest before it embeds
+            params = {**params, "dataset_manifest": dataset_hash}
     except CheckpointError as exc:
         received.path.unlink(missing_ok=True)
         raise UploadRejected(str(exc)) from exc
@@ -296,7 +305,6 @@ def register_checkpoint(session: Session, store: ArtifactStore, run: Run, receiv
         raise
     dedupe = dedupe_key("checkpoint", step, received.sha256, dataset.name, params=params)
     params = {**params, "dataset": dataset.name, "suites": on_embeddings}
-    dataset_hash = dataset_content_hash(dataset)
     cache_key = embedding_cache_key(received.sha256, dataset_hash, params) if dataset_hash else None
     ext = {"export": "pt2", "safetensors": "safetensors", "hf": "zip"}.get(info.format, "pt")
     existing = _by_dedupe_key(session, run.id, dedupe)

@@ -231,9 +231,10 @@ def test_other_preprocessing_or_a_server_folder_is_not_a_cache_hit(settings, tmp
         on_folder = embed_step(api, again, ckpt, step=2, dataset="pets")
         same = embed_step(api, again, ckpt, step=3)
         assert [e["status"] for e in mean_pool["evaluations"]] == ["queued"]
-        assert [e["status"] for e in on_folder["evaluations"]] == ["queued"]
+        # an unchanged folder: the manifest of its files keys the cache (tests/unit/test_dataset_manifest.py)
+        assert {e["suite"]: e["status"] for e in on_folder["evaluations"]}["embed"] == "succeeded"
         embed = api.get(f"/api/v1/evaluations/{on_folder['evaluations'][0]['id']}").json()
-        assert embed["params"]["cache_key"] is None  # a folder has no content hash: never cached
+        assert embed["params"]["cache_key"] and embed["params"]["dataset_manifest"].startswith("manifest-v1:")
         assert {e["suite"]: e["status"] for e in same["evaluations"]}["embed"] == "succeeded"  # the control
 
 
