@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from repscope import shard_layout as shards
 from repscope.datasets import DatasetError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff")
@@ -81,7 +82,7 @@ class BinaryPart:
 
 @dataclass
 class FolderLayout:
-    format: str  # folder | dinov2-imagenet | cifar10-bin | cifar100-bin | stl10-bin
+    format: str  # folder | dinov2-imagenet | cifar10-bin | cifar100-bin | stl10-bin | webdataset
     layout_root: str  # where the layout starts, relative to the folder: '.' or its wrapping folder(s)
     n: int
     classes: list[str]
@@ -132,7 +133,7 @@ def _marks(folder: Path) -> str | None:
     entries = _entries(folder)
     files = {e.name for e in entries if e.is_file()}
     dirs = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
-    fmt = _binary_format(files)
+    fmt = _binary_format(files) or shards.shard_format(entries)
     if fmt:
         return fmt
     if files & CIFAR10_PICKLES or ("meta" in files and files & {"train", "test"}) or dirs & set(PICKLE_FOLDERS) \
@@ -329,6 +330,8 @@ def describe_folder(folder: Path, root: Path, max_files: int = MAX_SCAN_FILES) -
         notes = [f"{f} ignored (unlabelled)" for f in spec.ignored if (layout_root / f).exists()]
         return FolderLayout(fmt, rel_root, sum(counts.values()), binary_classes(spec, layout_root, root),
                             list(spec.shape), counts, [p.name for p in parts], notes)
+    if fmt == shards.FORMAT:
+        return FolderLayout(fmt, rel_root, *shards.describe_shards(layout_root, root, max_files))
     if fmt == "dinov2-imagenet":
         prefix = "" if rel_root == "." else f"{rel_root}/"
         per_class = _scan_tree(layout_root, prefix, DINOV2_SPLITS, root, max_files)

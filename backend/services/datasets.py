@@ -76,7 +76,8 @@ def register_upload(session: Session, store: ArtifactStore, received: Received, 
 def register_folder(session: Session, *, name: str, path: str, roots: list[Path], description: str | None,
                     max_files: int = MAX_SCAN_FILES) -> Dataset:
     """A server-side folder under one of the configured roots (for datasets too large to upload): an ImageFolder
-    tree, DINOv2's ImageNet layout or CIFAR-10/100 / STL-10 binaries (repscope.dataset_layouts tells which)."""
+    tree, DINOv2's ImageNet layout, CIFAR-10/100 / STL-10 binaries or webdataset tar shards (format "webdataset",
+    n and classes from the tar headers and classes.txt or the labels; repscope.dataset_layouts tells which)."""
     check_dataset_name(name)
     if not roots:
         raise DatasetError("server-side dataset folders are disabled: set REPSCOPE_DATASET_ROOTS")

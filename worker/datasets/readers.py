@@ -8,7 +8,8 @@ no path traversal (``..``, absolute paths, drive letters), no symlinks, no encry
 ratio exceeds ``max_ratio`` (zip bombs; checked from ZIP_RATIO_MIN_BYTES up, since tiny files of constant
 bytes legitimately compress well). Image headers are checked against ``max_image_pixels`` before
 decoding. Server folders are only read under configured roots, with symlinks resolved; their layout
-(ImageFolder, DINOv2's ImageNet, CIFAR-10/100 or STL-10 binaries) is told by repscope.dataset_layouts.
+(ImageFolder, DINOv2's ImageNet, CIFAR-10/100 or STL-10 binaries, webdataset shards) is told by
+repscope.dataset_layouts.
 
 Decoding images needs Pillow (``pip install pillow``); .npz files do not.
 """
@@ -239,6 +240,11 @@ def read_image_folder(
             from .binaries import read_binary_dataset
 
             return read_binary_dataset(layout_root, fmt, root, name=name)
+        if fmt == "webdataset":
+            from .shards import read_shards
+
+            return read_shards(layout_root, root, name=name, decode=_decode, image_size=image_size,
+                               max_image_pixels=max_image_pixels)
         rel_paths = []
         for dirpath, dirnames, filenames in os.walk(folder):  # does not follow directory symlinks
             dirnames.sort()
