@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     # Address-space limit of that child on CPU runs (RLIMIT_AS, MiB); None: none. Ignored on CUDA, whose
     # driver reserves far more virtual memory than it uses.
     sandbox_memory_mb: int | None = Field(default=None, ge=256)
+    # Server folders are embedded streamed, image by image (worker.embed_stream): DataLoader worker processes
+    # decoding and transforming (None: the CPU count), and the share of unreadable images skipped (counted,
+    # reported) before the embed step fails naming them.
+    loader_workers: int | None = Field(default=None, ge=0, le=64)
+    max_unreadable_fraction: float = Field(default=0.01, ge=0.0, le=1.0)
 
     @property
     def light_suite_names(self) -> frozenset[str]:

@@ -78,10 +78,35 @@ def sandbox_job(claim: ClaimResponse, settings: Settings, device: str, task: str
 
 def run_sandboxed(job, checkpoint: Path, dataset, settings: Settings, progress: ProgressFn,  # noqa: ANN001
                   labels: bool = False):  # noqa: ANN201 - worker.sandbox.ChildOutputs
-    from worker.sandbox import hidden_paths, run_job
+    """Run the job over an ImageDataset in memory, or over a FolderItems the child streams image by image."""
+    import os
 
+    from worker.datasets.readers import FolderItems
+    from worker.sandbox import FolderSource, hidden_paths, run_job
+
+    if isinstance(dataset, FolderItems):
+        workers = settings.loader_workers if settings.loader_workers is not None else min(8, os.cpu_count() or 1)
+        source = FolderSource(dataset.folder, dataset.paths, workers=workers,
+                              max_unreadable=settings.max_unreadable_fraction)
+        return run_job(job, checkpoint, None, source=source, mode=settings.sandbox, progress=progress,
+                       hidden=hidden_paths(settings), start=0.05)
     return run_job(job, checkpoint, dataset.images, labels=dataset.labels if labels else None,
                    mode=settings.sandbox, progress=progress, hidden=hidden_paths(settings), start=0.05)
+
+
+def stream_or_fetch(name: str, client: Client, settings: Settings, manifest: str | None = None):  # noqa: ANN201
+    """For the embed step: a server ImageFolder / DINOv2 folder as FolderItems (listed, not decoded: the sandboxed
+    child streams it), anything else as the ImageDataset fetch_dataset gives."""
+    from worker.datasets.readers import folder_items
+
+    info = client.dataset(name)
+    if info["kind"] == "path":
+        if manifest is not None:
+            check_manifest(info["meta"]["path"], manifest)
+        listed = folder_items(info["meta"]["path"], settings.dataset_root_paths, name=name)
+        if listed is not None:
+            return listed
+    return fetch_dataset(name, client, settings)
 
 
 def suite_result(obj: Any, suite: str) -> SuiteResult:
@@ -103,16 +128,17 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
 
     params: dict[str, Any] = dict(claim.evaluation.params)
     progress(0.02, f"loading dataset {params['dataset']}")
-    dataset = fetch_dataset(params["dataset"], client, settings, params.get("dataset_manifest"))
+    dataset = stream_or_fetch(params["dataset"], client, settings, params.get("dataset_manifest"))
     views = int(params.get("views") or 0)
     out = run_sandboxed(sandbox_job(claim, settings, device, "embed", views=views, seed=VIEW_SEED), checkpoint,
                         dataset, settings, progress)
     report = out.report
-    z = out.arrays["embeddings"]
+    keep = np.setdiff1d(np.arange(len(dataset.labels)), out.unreadable) if out.unreadable else slice(None)
+    z = out.arrays["embeddings"][keep]
     seconds = float(report.get("seconds") or 0.0)
-    arrays = {"embeddings": z, "labels": dataset.labels, "split": dataset.split}
+    arrays = {"embeddings": z, "labels": dataset.labels[keep], "split": dataset.split[keep]}
     if views:
-        arrays["views"] = out.arrays["views"]
+        arrays["views"] = out.arrays["views"][keep]
     progress(0.96, "uploading embeddings")
     with tempfile.TemporaryDirectory(prefix="repscope-embed-") as tmp:
         path = Path(tmp) / "embeddings.npz"
@@ -128,6 +154,8 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
         variant={"checkpoint_format": report["format"], "arch": report["arch"], **_load_variant(report),
                  "dataset": params["dataset"],
                  "n_images": int(len(z)), "dim": int(z.shape[1]), "preprocessing": spec,
+                 "unreadable_images": len(out.unreadable),
+                 "streamed": bool(report.get("unreadable") is not None),
                  "derived_artifact": accepted.artifact.id,
                  "queued_evaluations": [e.id for e in accepted.evaluations], "sandbox": out.mode},
         warnings=list(report["warnings"]),

@@ -23,6 +23,7 @@ import re
 import stat
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -210,17 +211,20 @@ def read_image_zip(
         return _assemble(items, read, name=name, image_size=image_size, max_image_pixels=max_image_pixels)
 
 
-def read_image_folder(
-    path: str | os.PathLike,
-    roots: Sequence[str | os.PathLike],
-    *,
-    name: str | None = None,
-    image_size: int | tuple[int, int] | None = None,
-    max_members: int = MAX_MEMBERS,
-    max_image_pixels: int = MAX_IMAGE_PIXELS,
-) -> ImageDataset:
-    """An ImageFolder directory on the worker's file system; refused unless it lies (symlinks resolved)
-    under one of ``roots``, and so must every file in it."""
+@dataclass
+class FolderItems:
+    """The image files of a server folder (ImageFolder tree or DINOv2 layout), listed without decoding."""
+
+    folder: Path  # resolved
+    paths: list[str]  # relative to `folder`, sorted
+    labels: np.ndarray  # int64
+    split: np.ndarray  # int8, 0 train / 1 test
+    classes: list[str]
+    name: str
+
+
+def _checked_folder(path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> tuple[Path, Path]:
+    """(folder, its root), both resolved; refused unless the folder lies under one of ``roots``."""
     if not roots:
         raise DatasetError("no dataset roots are configured on this worker; server folders are disabled")
     resolved_roots = [Path(r).resolve() for r in roots]
@@ -233,18 +237,18 @@ def read_image_folder(
         raise DatasetError(f"dataset folder {str(path)!r} is outside the configured dataset roots")
     if not folder.is_dir():
         raise DatasetError(f"{str(path)!r} is not a folder")
-    name = name or folder.name
+    return folder, root
+
+
+def folder_items(path: str | os.PathLike, roots: Sequence[str | os.PathLike], *, name: str | None = None,
+                 max_members: int = MAX_MEMBERS) -> FolderItems | None:
+    """The labelled image files of an ImageFolder / DINOv2 folder (every file, links resolved, under the root),
+    or None for the other layouts (binaries, shards: read whole by read_image_folder)."""
+    folder, root = _checked_folder(path, roots)
     try:
         fmt, layout_root = layouts.detect_layout(folder)
-        if fmt in layouts.BINARY_SPECS:
-            from .binaries import read_binary_dataset
-
-            return read_binary_dataset(layout_root, fmt, root, name=name)
-        if fmt == "webdataset":
-            from .shards import read_shards
-
-            return read_shards(layout_root, root, name=name, decode=_decode, image_size=image_size,
-                               max_image_pixels=max_image_pixels)
+        if fmt in layouts.BINARY_SPECS or fmt == "webdataset":
+            return None
         rel_paths = []
         for dirpath, dirnames, filenames in os.walk(folder):  # does not follow directory symlinks
             dirnames.sort()
@@ -260,22 +264,54 @@ def read_image_folder(
             log.info("DINOv2 layout %s: %d unlabelled test/ images skipped", folder, skipped)
     except LayoutDatasetError as e:
         raise DatasetError(str(e)) from None
-    real_paths = {}
     for rel, _, _ in items:  # every file, links resolved, must stay under the root (before any decoding)
-        real = (folder / rel).resolve()
-        if not real.is_relative_to(root):
+        if not (folder / rel).resolve().is_relative_to(root):
             raise DatasetError(f"{rel!r} links outside the configured dataset roots")
-        real_paths[rel] = real
+    classes = sorted({c for _, _, c in items})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[c] for _, _, c in items], dtype=np.int64)
+    splits = [s for _, s, _ in items]
+    split = np.array(splits, dtype=np.int8) if all(s is not None for s in splits) else stratified_split(labels)
+    names = layouts.class_names(classes, wnid_names) if wnid_names is not None else classes
+    return FolderItems(folder, [p for p, _, _ in items], labels, split, names, name or folder.name)
+
+
+def read_image_folder(
+    path: str | os.PathLike,
+    roots: Sequence[str | os.PathLike],
+    *,
+    name: str | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    max_members: int = MAX_MEMBERS,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+) -> ImageDataset:
+    """A server folder decoded whole into one array (every image at the first one's size, or image_size);
+    refused unless it lies (symlinks resolved) under one of ``roots``, and so must every file in it.
+    worker.embed_stream embeds ImageFolder / DINOv2 folders image by image instead."""
+    listed = folder_items(path, roots, name=name, max_members=max_members)
+    if listed is None:
+        folder, root = _checked_folder(path, roots)
+        name = name or folder.name
+        try:
+            fmt, layout_root = layouts.detect_layout(folder)
+            if fmt in layouts.BINARY_SPECS:
+                from .binaries import read_binary_dataset
+
+                return read_binary_dataset(layout_root, fmt, root, name=name)
+            from .shards import read_shards
+
+            return read_shards(layout_root, root, name=name, decode=_decode, image_size=image_size,
+                               max_image_pixels=max_image_pixels)
+        except LayoutDatasetError as e:
+            raise DatasetError(str(e)) from None
     _pil()
-
-    def read(rel: str) -> bytes:
-        return real_paths[rel].read_bytes()
-
-    ds = _assemble(items, read, name=name, image_size=image_size,
-                   max_image_pixels=max_image_pixels)  # fmt: skip
-    if wnid_names is not None:
-        ds.classes = layouts.class_names(ds.classes, wnid_names)
-    return ds
+    size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    images = []
+    for rel in listed.paths:
+        img = _decode((listed.folder / rel).resolve().read_bytes(), rel, size, max_image_pixels)
+        size = size or img.shape[:2]  # the first image fixes the common size
+        images.append(img)
+    return ImageDataset(np.stack(images), listed.labels, listed.split, listed.classes, listed.name)
 
 
 def read_dataset_file(path: str | os.PathLike, **kw) -> ImageDataset:

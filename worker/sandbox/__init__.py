@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from .bwrap import SandboxError, command, state
-from .runner import ChildOutputs, EncoderJob, ModelCodeError, run_job
+from .runner import ChildOutputs, EncoderJob, FolderSource, ModelCodeError, run_job
 
-__all__ = ["ChildOutputs", "EncoderJob", "ModelCodeError", "SandboxError", "check_at_start", "hidden_paths",
+__all__ = ["ChildOutputs", "EncoderJob", "FolderSource", "ModelCodeError", "SandboxError", "check_at_start", "hidden_paths",
            "probe", "run_job"]
 log = logging.getLogger(__name__)
 PROBE = "import numpy, worker.sandbox.child; print('sandbox-ok')"

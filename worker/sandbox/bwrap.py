@@ -24,6 +24,7 @@ import worker
 
 SANDBOX_UID = 65534  # "nobody" inside the user namespace
 INPUT_DIR, SCRATCH_DIR, CHECKPOINT = "/input", "/scratch", "/model/checkpoint"
+DATASET_DIR = "/dataset"  # a server dataset folder the child reads image by image (worker.embed_stream)
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 # What the dynamic loader, glibc and Debian's BLAS alternatives read; nothing with credentials.
 ETC_PATHS = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
@@ -118,9 +119,10 @@ def _check_hidden(binds: Iterable[Path], hidden: Iterable[Path]) -> None:
 
 def command(argv: list[str], *, inputs: Path | None = None, scratch: Path | None = None,
             checkpoint: Path | None = None, cuda: bool = False, hidden: Iterable[Path] = (),
-            fresh_proc: bool | None = None) -> list[str]:
+            fresh_proc: bool | None = None, dataset: Path | None = None) -> list[str]:
     """The bwrap argv that runs `argv` with `inputs` at /input (ro), `scratch` at /scratch (rw, the working
-    dir) and `checkpoint` at /model/checkpoint (ro); `hidden` are paths that must stay out of view.
+    dir), `checkpoint` at /model/checkpoint (ro) and a `dataset` folder at /dataset (ro); `hidden` are paths that
+    must stay out of view.
     fresh_proc: a /proc of the child's own pid namespace (default: what the start-up probe found works)."""
     binary = bwrap_binary()
     cmd = [binary, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
@@ -136,7 +138,7 @@ def command(argv: list[str], *, inputs: Path | None = None, scratch: Path | None
     else:
         for p in PROC_FALLBACK:
             cmd += ["--ro-bind-try", p, p]
-    cmd += ["--dev", "/dev", "--tmpfs", "/tmp"]
+    cmd += ["--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]  # /dev/shm: DataLoader workers' batches
     binds: list[Path] = []
     for d in SYSTEM_DIRS:
         if os.path.islink(d):
@@ -158,6 +160,9 @@ def command(argv: list[str], *, inputs: Path | None = None, scratch: Path | None
         cmd += ["--ro-bind", str(inputs), INPUT_DIR]
     if checkpoint is not None:
         cmd += ["--ro-bind", str(checkpoint), CHECKPOINT]
+    if dataset is not None:
+        _check_hidden([dataset.resolve()], hidden)
+        cmd += ["--ro-bind", str(dataset), DATASET_DIR]
     if scratch is not None:
         cmd += ["--bind", str(scratch), SCRATCH_DIR, "--chdir", SCRATCH_DIR]
     else:

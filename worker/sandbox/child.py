@@ -67,6 +67,8 @@ def run_embed(req: dict[str, Any], channel: Channel) -> None:
 
     from worker.embed import embed
 
+    if req.get("source"):
+        return run_embed_stream(req, channel)
     images = np.load(req["images"], mmap_mode="r", allow_pickle=False)
     channel.progress(0.06, "loading checkpoint (sandboxed)")
     encoder = _load(req)
@@ -82,6 +84,31 @@ def run_embed(req: dict[str, Any], channel: Channel) -> None:
                   progress=lambda f, m: channel.progress(0.55 + 0.4 * f, f"views: {m}"))
         np.save(scratch / "views.npy", v)
     (scratch / "report.json").write_text(json.dumps({**_report(encoder), "seconds": seconds}))
+
+
+def run_embed_stream(req: dict[str, Any], channel: Channel) -> None:
+    """A folder of image files, bound read-only: decoded and transformed per image (worker.embed_stream)."""
+    from worker.embed_stream import embed_files, folder_preprocessing
+
+    source = req["source"]
+    paths = json.loads(Path(source["items"]).read_text())
+    channel.progress(0.06, "loading checkpoint (sandboxed)")
+    encoder = _load(req)
+    encoder.preprocessing = folder_preprocessing(encoder.preprocessing)
+    views = int(req.get("views") or 0)
+    scratch = Path(req["scratch"])
+    started = time.perf_counter()
+    result = embed_files(encoder.module, source["root"], paths, encoder.preprocessing, scratch / "embeddings.npy",
+                         pool=encoder.pool, workers=int(source.get("workers") or 0), device=req["device"],
+                         views=views, seed=int(req.get("seed", 0)), views_out=scratch / "views.npy",
+                         max_unreadable=float(source.get("max_unreadable", 0.01)),
+                         progress=lambda f, m: channel.progress(0.1 + 0.85 * f, m))
+    seconds = time.perf_counter() - started
+    report = {**_report(encoder), "seconds": seconds, "unreadable": result.unreadable}
+    if result.unreadable:
+        report["warnings"] = [*report["warnings"], f"{len(result.unreadable)} of {len(paths)} images could not be "
+                              f"read and were left out, e.g. {paths[result.unreadable[0]]}"]
+    (scratch / "report.json").write_text(json.dumps(report))
 
 
 def run_suite(req: dict[str, Any], channel: Channel) -> None:

@@ -62,11 +62,22 @@ class EncoderJob:
 
 
 @dataclass
+class FolderSource:
+    """Image files the child reads itself (worker.embed_stream): `folder` bound read-only at bwrap.DATASET_DIR."""
+
+    folder: Path
+    paths: list[str]
+    workers: int = 0
+    max_unreadable: float = 0.01
+
+
+@dataclass
 class ChildOutputs:
     report: dict[str, Any]
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     result: dict[str, Any] | None = None
     mode: str = "bwrap"
+    unreadable: list[int] = field(default_factory=list)  # streamed folders: rows whose image could not be read
 
 
 class ModelCodeError(RuntimeError):
@@ -80,7 +91,7 @@ def _raise_child_error(kind: str, message: str) -> None:
         raise CheckpointError(message)
     if kind in ("MemoryError", "OutOfMemoryError") or "can't allocate memory" in message:
         raise MemoryError(f"out of memory in the sandboxed model process: {message}")
-    if kind in ("ValueError", "TypeError"):
+    if kind in ("ValueError", "TypeError", "UnreadableImages", "DatasetError"):
         raise ValueError(message)
     raise ModelCodeError(f"{kind}: {message}")
 
@@ -191,9 +202,9 @@ def child_argv(request: str) -> list[str]:
     return [sys.executable, "-m", "worker.sandbox.child", request]
 
 
-def run_job(job: EncoderJob, checkpoint: Path, images: np.ndarray, *, labels: np.ndarray | None = None,
-            mode: str = "bwrap", progress: ProgressFn, hidden: tuple[Path, ...] = (),
-            start: float = 0.0) -> ChildOutputs:
+def run_job(job: EncoderJob, checkpoint: Path, images: np.ndarray | None, *, labels: np.ndarray | None = None,
+            source: FolderSource | None = None, mode: str = "bwrap", progress: ProgressFn,
+            hidden: tuple[Path, ...] = (), start: float = 0.0) -> ChildOutputs:
     """Run `job` on `checkpoint` over `images` in the sandboxed child; `hidden` (the data dir, the worker cache)
     must not be visible through any bind; `start` is the progress to report until the child reports its own.
     Raises the child's CheckpointError / ValueError / MemoryError as such."""
@@ -204,20 +215,28 @@ def run_job(job: EncoderJob, checkpoint: Path, images: np.ndarray, *, labels: np
         inputs, scratch = tmp / "input", tmp / "scratch"
         inputs.mkdir(mode=0o700)
         scratch.mkdir(mode=0o700)
-        np.save(inputs / "images.npy", np.ascontiguousarray(images))
+        if source is None:
+            np.save(inputs / "images.npy", np.ascontiguousarray(images))
+        else:
+            (inputs / "items.json").write_text(json.dumps(source.paths))
         if labels is not None:
             np.save(inputs / "labels.npy", np.ascontiguousarray(labels))
         sandboxed = mode == "bwrap"
         in_dir = Path(bwrap.INPUT_DIR) if sandboxed else inputs
         request = {**job.__dict__, "checkpoint": bwrap.CHECKPOINT if sandboxed else str(Path(checkpoint).resolve()),
-                   "images": str(in_dir / "images.npy"),
+                   "images": str(in_dir / "images.npy") if source is None else None,
+                   "source": None if source is None else {
+                       "root": bwrap.DATASET_DIR if sandboxed else str(source.folder),
+                       "items": str(in_dir / "items.json"), "workers": source.workers,
+                       "max_unreadable": source.max_unreadable},
                    "labels": str(in_dir / "labels.npy") if labels is not None else None,
                    "scratch": bwrap.SCRATCH_DIR if sandboxed else str(scratch)}
         (inputs / "request.json").write_text(json.dumps(request))
         argv = child_argv(str(in_dir / "request.json"))
         if sandboxed:
             argv = bwrap.command(argv, inputs=inputs, scratch=scratch, checkpoint=Path(checkpoint).resolve(),
-                                 cuda=job.device.startswith("cuda"), hidden=hidden)
+                                 cuda=job.device.startswith("cuda"), hidden=hidden,
+                                 dataset=source.folder if source is not None else None)
         with open(tmp / "stderr.log", "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                                     env=bwrap.child_env() if not sandboxed else {"PATH": "/usr/bin:/bin"},
@@ -237,7 +256,7 @@ def run_job(job: EncoderJob, checkpoint: Path, images: np.ndarray, *, labels: np
             how = (f"was killed by signal {signum}" + (" (out of memory?)" if signum == signal.SIGKILL else "")
                    if signum else f"exited with code {code}")
             raise bwrap.SandboxError(f"the sandboxed model process {how} without a result: {tail.strip()}")
-        return _collect(job, scratch, rows=len(images), mode=mode)
+        return _collect(job, scratch, rows=len(images) if source is None else len(source.paths), mode=mode)
     finally:
         _rmtree(tmp)
 
@@ -258,6 +277,14 @@ def _check_report(report: dict[str, Any], job: EncoderJob) -> dict[str, Any]:
     if not ok:
         raise bwrap.SandboxError("the sandboxed model process wrote a malformed load report")
     return report
+
+
+def _unreadable(rows_list: Any, rows: int) -> list[int]:
+    """The child's list of unreadable rows: distinct ints in [0, rows), ascending."""
+    if not isinstance(rows_list, list) or not all(type(i) is int and 0 <= i < rows for i in rows_list) \
+            or rows_list != sorted(set(rows_list)):
+        raise bwrap.SandboxError("the sandboxed model process wrote a malformed list of unreadable images")
+    return rows_list
 
 
 def _valid_preprocessing(spec: Any) -> bool:
@@ -282,6 +309,7 @@ def _collect(job: EncoderJob, scratch: Path, *, rows: int, mode: str) -> ChildOu
             if views.shape[1] != job.views:
                 raise bwrap.SandboxError(f"views.npy from the sandbox has {views.shape[1]} views, not {job.views}")
             out.arrays["views"] = views
+        out.unreadable = _unreadable(out.report.get("unreadable", []), rows)
     else:
         out.result = read_json(scratch / "result.json")
     return out
