@@ -47,10 +47,13 @@ class DatasetSpec:
 
 
 BUILTIN_DATASETS: dict[str, DatasetSpec] = {
-    "digits": DatasetSpec("digits", "scikit-learn's handwritten digits (1 797 images, 8x8) upsampled to 32x32 RGB",
+    "digits": DatasetSpec("digits", "scikit-learn's handwritten digits (1 797 images, 8x8) upsampled to 32x32 RGB "
+                                    "uint8, 80/20 stratified split; embedded with the checkpoint's own eval transform "
+                                    "(resize, crop, mean/std from its config)",
                           1797, (32, 32, 3), tuple(str(i) for i in range(10))),
     "shapes": DatasetSpec("shapes", "procedural shapes with every generative factor stored (class, colour, size, "
-                                    "position, rotation); generated with a fixed seed", 6000, (32, 32, 3),
+                                    "position, rotation); 32x32 RGB uint8 generated with a fixed seed; embedded with "
+                                    "the checkpoint's own eval transform", 6000, (32, 32, 3),
                           ("circle", "square", "triangle", "cross", "ring", "star")),
 }
 

@@ -10,6 +10,7 @@ Talks to the backend only through repscope.Client.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,9 @@ def sandbox_job(claim: ClaimResponse, settings: Settings, device: str, task: str
 
 
 def run_sandboxed(job, checkpoint: Path, dataset, settings: Settings, progress: ProgressFn,  # noqa: ANN001
-                  labels: bool = False):  # noqa: ANN201 - worker.sandbox.ChildOutputs
-    """Run the job over an ImageDataset in memory, or over a FolderItems the child streams image by image."""
+                  labels: bool = False, resume: tuple[Path, str] | None = None):  # noqa: ANN201 - ChildOutputs
+    """Run the job over an ImageDataset in memory, or over a FolderItems the child streams image by image (into
+    `resume` = (directory, key) when given, so a rerun after a kill continues where it stopped)."""
     import os
 
     from worker.datasets.readers import FolderItems
@@ -87,7 +89,10 @@ def run_sandboxed(job, checkpoint: Path, dataset, settings: Settings, progress: 
     if isinstance(dataset, FolderItems):
         workers = settings.loader_workers if settings.loader_workers is not None else min(8, os.cpu_count() or 1)
         source = FolderSource(dataset.folder, dataset.paths, workers=workers,
-                              max_unreadable=settings.max_unreadable_fraction)
+                              max_unreadable=settings.max_unreadable_fraction,
+                              resume_dir=resume[0] if resume else None, resume_key=resume[1] if resume else None)
+        if source.resume_dir is not None:
+            source.resume_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         return run_job(job, checkpoint, None, source=source, mode=settings.sandbox, progress=progress,
                        hidden=hidden_paths(settings), start=0.05)
     return run_job(job, checkpoint, dataset.images, labels=dataset.labels if labels else None,
@@ -130,8 +135,9 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
     progress(0.02, f"loading dataset {params['dataset']}")
     dataset = stream_or_fetch(params["dataset"], client, settings, params.get("dataset_manifest"))
     views = int(params.get("views") or 0)
+    resume = _resume_place(claim, settings, dataset, views)
     out = run_sandboxed(sandbox_job(claim, settings, device, "embed", views=views, seed=VIEW_SEED), checkpoint,
-                        dataset, settings, progress)
+                        dataset, settings, progress, resume=resume)
     report = out.report
     keep = np.setdiff1d(np.arange(len(dataset.labels)), out.unreadable) if out.unreadable else slice(None)
     z = out.arrays["embeddings"][keep]
@@ -146,6 +152,8 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
         accepted = client.upload_file(
             claim.artifact.run_id, path, step=claim.artifact.step, dataset=params["dataset"],
             suites=params.get("suites"), extra={"evaluation": str(claim.evaluation.id), "claim": claim.claim})
+    if resume is not None:
+        shutil.rmtree(resume[0], ignore_errors=True)
     spec = preprocessing_spec(preprocessing=_preprocessing(report), views=views, seed=VIEW_SEED,
                               precision=embed_precision(device), pool=report["pool"], output=report["output"])
     return SuiteResult(
@@ -154,12 +162,28 @@ def run_embed(claim: ClaimResponse, checkpoint: Path, client: Client, settings: 
         variant={"checkpoint_format": report["format"], "arch": report["arch"], **_load_variant(report),
                  "dataset": params["dataset"],
                  "n_images": int(len(z)), "dim": int(z.shape[1]), "preprocessing": spec,
-                 "unreadable_images": len(out.unreadable),
+                 "unreadable_images": len(out.unreadable), "resumed_from": int(report.get("resumed_from") or 0),
                  "streamed": bool(report.get("unreadable") is not None),
                  "derived_artifact": accepted.artifact.id,
                  "queued_evaluations": [e.id for e in accepted.evaluations], "sandbox": out.mode},
         warnings=list(report["warnings"]),
     )
+
+
+def _resume_place(claim: ClaimResponse, settings: Settings, dataset: Any, views: int) -> tuple[Path, str] | None:
+    """Where a streamed embed step keeps its outputs across worker restarts, and the key that says they belong to
+    this very job (checkpoint bytes, file list, parameters): (directory, key), or None for in-memory datasets."""
+    import hashlib
+    import json
+
+    from worker.datasets.readers import FolderItems
+
+    if not isinstance(dataset, FolderItems):
+        return None
+    key = hashlib.sha256(json.dumps({"checkpoint": claim.artifact.sha256, "paths": dataset.paths, "views": views,
+                                     "params": claim.evaluation.params}, sort_keys=True, default=str).encode())
+    cache = Path(settings.worker_cache_dir or settings.data_dir / "worker-cache")
+    return cache / "embed-resume" / f"evaluation-{claim.evaluation.id}", key.hexdigest()
 
 
 def _load_variant(report: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Worker processes (``workers``; 0 = in this process) open, decode and transform o
 transform on the PIL image (worker.datasets.eval_transform: Resize(shorter side) + CenterCrop + Normalize, as
 torchvision users write it) — and batches go through the encoder under ``torch.inference_mode`` (bf16 autocast
 and pinned memory on CUDA). Embeddings are written into a memory-mapped ``.npy`` as batches finish, so memory
-is one batch per loader worker plus the model, never the dataset; progress is reported per batch.
+is one batch per loader worker plus the model, never the dataset; progress is reported per batch. Resumable:
+with the outputs in a directory that outlives the process (worker.sandbox's FolderSource.resume_dir), a rerun
+after the worker was killed continues from the last flushed batch (``start``).
 An image that cannot be read or decoded (truncated, not an image, over MAX_IMAGE_PIXELS) gets a zero row and is
 counted; when more than ``max_unreadable`` of them (a fraction) turn up, the step fails naming the first ones.
 Runs inside the sandbox (worker.sandbox.child): the folder is bound read-only there, decoding untrusted files
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,22 +84,39 @@ def folder_preprocessing(prep: Preprocessing) -> Preprocessing:
     return prep.with_overrides(**FOLDER_DEFAULT)
 
 
+def _reopen(path: Path | None, n: int) -> np.ndarray | None:
+    """A partly written output of an earlier, interrupted run (resume), if it is there with N rows."""
+    if path is None or not path.is_file():
+        return None
+    arr = np.load(path, mmap_mode="r+")
+    return arr if arr.dtype == np.float32 and len(arr) == n else None
+
+
 def embed_files(module: nn.Module, root: str, paths: Sequence[str], prep: Preprocessing, out: Path, *,
                 pool: str = "cls", batch_size: int = 256, workers: int = 0, device: str | None = None,
                 views: int = 0, seed: int = 0, views_out: Path | None = None, max_unreadable: float = 0.01,
+                start: int = 0, unreadable: Sequence[int] = (), on_batch: Callable[[int, list[int]], None] | None = None,
                 progress: ProgressFn = no_progress) -> StreamResult:
     """Write features [N, D] of the images at ``root/paths`` to ``out`` (a .npy), in order (module docstring);
-    with ``views`` > 0 also q augmented views per image [N, q, D] to ``views_out`` (LiDAR)."""
+    with ``views`` > 0 also q augmented views per image [N, q, D] to ``views_out`` (LiDAR).
+    Resume: ``start`` rows (and their ``unreadable`` indices) are already in ``out`` from an interrupted run;
+    ``on_batch(rows_done, unreadable)`` is called after every batch, once its rows are flushed to the files."""
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
+    images = ImageFiles(root, paths, prep)
     loader = torch.utils.data.DataLoader(
-        ImageFiles(root, paths, prep), batch_size=batch_size, num_workers=workers, pin_memory=cuda,
-        persistent_workers=False, prefetch_factor=2 if workers else None)
+        torch.utils.data.Subset(images, range(start, len(paths))), batch_size=batch_size, num_workers=workers,
+        pin_memory=cuda, persistent_workers=False, prefetch_factor=2 if workers else None)
     module = module.to(dev).eval()
     mean, std = stats(prep, dev)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    result, feats, view_feats = StreamResult(len(paths), 0), None, None
-    n_batches = max(1, -(-len(paths) // batch_size))
+    result = StreamResult(len(paths), 0, list(unreadable))
+    feats = _reopen(out, len(paths)) if start else None
+    view_feats = _reopen(views_out, len(paths)) if start and views else None
+    if start and (feats is None or (views and view_feats is None)):
+        raise ValueError("cannot resume: the earlier run's output files are missing or of another shape")
+    result.dim = int(feats.shape[1]) if feats is not None else 0
+    n_batches = max(1, -(-(len(paths) - start) // batch_size))
     with torch.inference_mode():
         for b, (x, idx, errors) in enumerate(loader):
             x = x.to(dev, non_blocking=True)
@@ -121,6 +140,11 @@ def embed_files(module: nn.Module, root: str, paths: Sequence[str], prep: Prepro
                 if err:
                     result.unreadable.append(i)
                     result.reasons[i] = err
+            if on_batch is not None:
+                for arr in (feats, view_feats):
+                    if arr is not None:
+                        arr.flush()
+                on_batch(int(idx[-1]) + 1, result.unreadable)
             progress((b + 1) / n_batches, f"embedded {int(idx[-1]) + 1}/{len(paths)} images"
                      + (f" ({len(result.unreadable)} unreadable)" if result.unreadable else ""))
     _check_unreadable(result, paths, max_unreadable)
@@ -142,6 +166,6 @@ def _views(module, x, mean, std, q, seed, offset, pool, autocast) -> np.ndarray:
 def _check_unreadable(result: StreamResult, paths: Sequence[str], max_fraction: float) -> None:
     bad = result.unreadable
     if bad and len(bad) > max_fraction * len(paths):
-        named = "; ".join(f"{paths[i]} ({result.reasons[i]})" for i in bad[:NAMED])
+        named = "; ".join(f"{paths[i]} ({result.reasons.get(i, 'unreadable')})" for i in bad[:NAMED])
         raise UnreadableImages(f"{len(bad)} of {len(paths)} images could not be read (more than "
                                f"{max_fraction:.1%} allowed): {named}{' ...' if len(bad) > NAMED else ''}")

@@ -105,3 +105,35 @@ def test_sandboxed_child_streams_the_folder(tmp_path, mode):
     want = np.concatenate([torchvision_reference(root, s, model) for s in ("train", "val")])
     np.testing.assert_allclose(out.arrays["embeddings"], want, rtol=1e-5, atol=1e-6)
     assert out.unreadable == [] and out.report["preprocessing"]["crop"] == [32, 32]
+
+
+def test_a_killed_streamed_embed_resumes_where_it_stopped(tmp_path):
+    from worker.sandbox import EncoderJob, FolderSource, run_job
+
+    root = jpeg_tree(tmp_path / "tree", per_class=10)
+    listed = folder_items(root, [tmp_path])
+    model = Net().eval()
+    torch.jit.save(torch.jit.script(model), tmp_path / "net.pt")
+    job = EncoderJob(task="embed", preprocessing={"resize": 36, "crop": 32}, threads=1)
+    resume = tmp_path / "resume"
+    resume.mkdir()
+
+    def source(key: str) -> FolderSource:
+        return FolderSource(listed.folder, listed.paths, workers=0, batch_size=8, resume_dir=resume, resume_key=key)
+
+    seen = []
+
+    def kill_after_three_batches(fraction: float, message: str) -> None:
+        seen.append(message)
+        if sum("embedded" in m for m in seen) == 3:
+            raise KeyboardInterrupt  # the worker dies: the runner kills the child mid-way
+
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job, tmp_path / "net.pt", None, source=source("k1"), mode="bwrap", progress=kill_after_three_batches)
+    out = run_job(job, tmp_path / "net.pt", None, source=source("k1"), mode="bwrap", progress=lambda f, m: None)
+    done = out.report["resumed_from"]  # at least the 3 batches reported; the child may have finished one more
+    assert 24 <= done < 60 and done % 8 == 0
+    want = np.concatenate([torchvision_reference(root, s, model) for s in ("train", "val")])
+    np.testing.assert_allclose(out.arrays["embeddings"], want, rtol=1e-5, atol=1e-6)
+    other = run_job(job, tmp_path / "net.pt", None, source=source("k2"), mode="off", progress=lambda f, m: None)
+    assert other.report["resumed_from"] == 0  # another job's key: starts over

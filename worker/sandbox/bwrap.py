@@ -24,7 +24,8 @@ import worker
 
 SANDBOX_UID = 65534  # "nobody" inside the user namespace
 INPUT_DIR, SCRATCH_DIR, CHECKPOINT = "/input", "/scratch", "/model/checkpoint"
-DATASET_DIR = "/dataset"  # a server dataset folder the child reads image by image (worker.embed_stream)
+# A server dataset folder the child reads image by image (ro), and the streamed outputs' resumable home (rw).
+DATASET_DIR, RESUME_DIR = "/dataset", "/resume"
 SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 # What the dynamic loader, glibc and Debian's BLAS alternatives read; nothing with credentials.
 ETC_PATHS = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime",
@@ -119,7 +120,7 @@ def _check_hidden(binds: Iterable[Path], hidden: Iterable[Path]) -> None:
 
 def command(argv: list[str], *, inputs: Path | None = None, scratch: Path | None = None,
             checkpoint: Path | None = None, cuda: bool = False, hidden: Iterable[Path] = (),
-            fresh_proc: bool | None = None, dataset: Path | None = None) -> list[str]:
+            fresh_proc: bool | None = None, dataset: Path | None = None, resume: Path | None = None) -> list[str]:
     """The bwrap argv that runs `argv` with `inputs` at /input (ro), `scratch` at /scratch (rw, the working
     dir), `checkpoint` at /model/checkpoint (ro) and a `dataset` folder at /dataset (ro); `hidden` are paths that
     must stay out of view.
@@ -163,6 +164,8 @@ def command(argv: list[str], *, inputs: Path | None = None, scratch: Path | None
     if dataset is not None:
         _check_hidden([dataset.resolve()], hidden)
         cmd += ["--ro-bind", str(dataset), DATASET_DIR]
+    if resume is not None:  # a dedicated directory per embed step: the streamed outputs outlive the process
+        cmd += ["--bind", str(resume), RESUME_DIR]
     if scratch is not None:
         cmd += ["--bind", str(scratch), SCRATCH_DIR, "--chdir", SCRATCH_DIR]
     else:

@@ -96,19 +96,42 @@ def run_embed_stream(req: dict[str, Any], channel: Channel) -> None:
     encoder = _load(req)
     encoder.preprocessing = folder_preprocessing(encoder.preprocessing)
     views = int(req.get("views") or 0)
-    scratch = Path(req["scratch"])
+    out_dir = Path(source["resume"]) if source.get("resume") else Path(req["scratch"])
+    start, unreadable = _resume_state(out_dir, source.get("resume_key"), len(paths))
+
+    def on_batch(done: int, bad: list[int]) -> None:  # the checkpoint a rerun continues from
+        tmp = out_dir / "progress.json.tmp"
+        tmp.write_text(json.dumps({"key": source.get("resume_key"), "rows_done": done, "unreadable": bad}))
+        tmp.replace(out_dir / "progress.json")
+
     started = time.perf_counter()
-    result = embed_files(encoder.module, source["root"], paths, encoder.preprocessing, scratch / "embeddings.npy",
+    result = embed_files(encoder.module, source["root"], paths, encoder.preprocessing, out_dir / "embeddings.npy",
                          pool=encoder.pool, workers=int(source.get("workers") or 0), device=req["device"],
-                         views=views, seed=int(req.get("seed", 0)), views_out=scratch / "views.npy",
-                         max_unreadable=float(source.get("max_unreadable", 0.01)),
+                         batch_size=int(source.get("batch_size") or 256),
+                         views=views, seed=int(req.get("seed", 0)), views_out=out_dir / "views.npy",
+                         max_unreadable=float(source.get("max_unreadable", 0.01)), start=start,
+                         unreadable=unreadable, on_batch=on_batch if source.get("resume") else None,
                          progress=lambda f, m: channel.progress(0.1 + 0.85 * f, m))
     seconds = time.perf_counter() - started
-    report = {**_report(encoder), "seconds": seconds, "unreadable": result.unreadable}
+    report = {**_report(encoder), "seconds": seconds, "unreadable": result.unreadable, "resumed_from": start}
     if result.unreadable:
         report["warnings"] = [*report["warnings"], f"{len(result.unreadable)} of {len(paths)} images could not be "
                               f"read and were left out, e.g. {paths[result.unreadable[0]]}"]
-    (scratch / "report.json").write_text(json.dumps(report))
+    (Path(req["scratch"]) / "report.json").write_text(json.dumps(report))
+
+
+def _resume_state(out_dir: Path, key: str | None, n: int) -> tuple[int, list[int]]:
+    """(rows already embedded, their unreadable indices) from an interrupted run's progress.json, if it is for the
+    same job (key); else (0, [])."""
+    try:
+        state = json.loads((out_dir / "progress.json").read_text())
+    except (OSError, ValueError):
+        return 0, []
+    done, bad = state.get("rows_done"), state.get("unreadable")
+    if key is None or state.get("key") != key or type(done) is not int or not 0 <= done <= n \
+            or not isinstance(bad, list) or not all(type(i) is int and 0 <= i < done for i in bad):
+        return 0, []
+    return done, sorted(set(bad))
 
 
 def run_suite(req: dict[str, Any], channel: Channel) -> None:

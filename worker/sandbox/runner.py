@@ -69,6 +69,11 @@ class FolderSource:
     paths: list[str]
     workers: int = 0
     max_unreadable: float = 0.01
+    batch_size: int = 256
+    # Resumable: a directory that outlives the process (bound read-write at bwrap.RESUME_DIR) holds the outputs
+    # and progress.json; a rerun with the same key continues from the last flushed batch.
+    resume_dir: Path | None = None
+    resume_key: str | None = None
 
 
 @dataclass
@@ -228,7 +233,10 @@ def run_job(job: EncoderJob, checkpoint: Path, images: np.ndarray | None, *, lab
                    "source": None if source is None else {
                        "root": bwrap.DATASET_DIR if sandboxed else str(source.folder),
                        "items": str(in_dir / "items.json"), "workers": source.workers,
-                       "max_unreadable": source.max_unreadable},
+                       "max_unreadable": source.max_unreadable, "resume_key": source.resume_key,
+                       "batch_size": source.batch_size,
+                       "resume": None if source.resume_dir is None else
+                       bwrap.RESUME_DIR if sandboxed else str(source.resume_dir)},
                    "labels": str(in_dir / "labels.npy") if labels is not None else None,
                    "scratch": bwrap.SCRATCH_DIR if sandboxed else str(scratch)}
         (inputs / "request.json").write_text(json.dumps(request))
@@ -236,7 +244,8 @@ def run_job(job: EncoderJob, checkpoint: Path, images: np.ndarray | None, *, lab
         if sandboxed:
             argv = bwrap.command(argv, inputs=inputs, scratch=scratch, checkpoint=Path(checkpoint).resolve(),
                                  cuda=job.device.startswith("cuda"), hidden=hidden,
-                                 dataset=source.folder if source is not None else None)
+                                 dataset=source.folder if source is not None else None,
+                                 resume=source.resume_dir if source is not None else None)
         with open(tmp / "stderr.log", "wb") as err:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
                                     env=bwrap.child_env() if not sandboxed else {"PATH": "/usr/bin:/bin"},
@@ -256,7 +265,9 @@ def run_job(job: EncoderJob, checkpoint: Path, images: np.ndarray | None, *, lab
             how = (f"was killed by signal {signum}" + (" (out of memory?)" if signum == signal.SIGKILL else "")
                    if signum else f"exited with code {code}")
             raise bwrap.SandboxError(f"the sandboxed model process {how} without a result: {tail.strip()}")
-        return _collect(job, scratch, rows=len(images) if source is None else len(source.paths), mode=mode)
+        outputs = source.resume_dir if source is not None and source.resume_dir is not None else scratch
+        return _collect(job, scratch, rows=len(images) if source is None else len(source.paths), mode=mode,
+                        outputs=outputs)
     finally:
         _rmtree(tmp)
 
@@ -300,12 +311,13 @@ def _valid_preprocessing(spec: Any) -> bool:
     return isinstance(spec.get("source"), str) and len(spec["source"]) <= 500
 
 
-def _collect(job: EncoderJob, scratch: Path, *, rows: int, mode: str) -> ChildOutputs:
+def _collect(job: EncoderJob, scratch: Path, *, rows: int, mode: str, outputs: Path | None = None) -> ChildOutputs:
     out = ChildOutputs(report=_check_report(read_json(scratch / "report.json"), job), mode=mode)
+    outputs = outputs or scratch
     if job.task == "embed":
-        out.arrays["embeddings"] = read_array(scratch / "embeddings.npy", rows=rows, ndim=2)
+        out.arrays["embeddings"] = read_array(outputs / "embeddings.npy", rows=rows, ndim=2)
         if job.views:
-            views = read_array(scratch / "views.npy", rows=rows, ndim=3)
+            views = read_array(outputs / "views.npy", rows=rows, ndim=3)
             if views.shape[1] != job.views:
                 raise bwrap.SandboxError(f"views.npy from the sandbox has {views.shape[1]} views, not {job.views}")
             out.arrays["views"] = views
