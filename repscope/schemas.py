@@ -142,6 +142,12 @@ class DatasetFolderCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     path: str = Field(min_length=1, max_length=4096)
     description: str | None = Field(default=None, max_length=2000)
+    classes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, max_length=100_000,
+        description="ImageFolder / DINOv2 folders: only these classes (folder names such as ImageNet wnids, or "
+                    "DINOv2 labels.txt names), e.g. the usual ImageNet-100 list")
+    per_class: int | None = Field(default=None, ge=1, le=10_000_000,
+                                  description="at most this many images per class and split (the first, by path)")
 
 
 class EvaluationBrief(_Read):

@@ -34,7 +34,7 @@ def check_manifest(path: str, expected: str) -> None:
     from repscope.dataset_manifest import folder_manifest
 
     found = folder_manifest(path)
-    if found.key != expected:
+    if found.key != ":".join(expected.split(":")[:2]):  # the folder part (a class selection may follow)
         raise ValueError(f"dataset folder {path!r} changed since the checkpoint was uploaded (its files' manifest "
                          f"is {found.key[:24]}..., was {expected[:24]}...): upload the checkpoint again to "
                          "evaluate it on the folder's current contents")
@@ -53,7 +53,9 @@ def fetch_dataset(name: str, client: Client, settings: Settings,  # noqa: ANN201
     if info["kind"] == "path":
         if manifest is not None:
             check_manifest(info["meta"]["path"], manifest)
-        return read_image_folder(info["meta"]["path"], roots=settings.dataset_root_paths)
+        meta = info["meta"]
+        return read_image_folder(meta["path"], roots=settings.dataset_root_paths, classes=meta.get("subset"),
+                                 per_class=meta.get("per_class"))
     cache = Path(settings.worker_cache_dir or settings.data_dir / "worker-cache") / "datasets"
     dest = cache / f"{info['sha256']}.{'npz' if info['format'] == 'npz' else 'zip'}"
     if not dest.is_file():
@@ -108,7 +110,9 @@ def stream_or_fetch(name: str, client: Client, settings: Settings, manifest: str
     if info["kind"] == "path":
         if manifest is not None:
             check_manifest(info["meta"]["path"], manifest)
-        listed = folder_items(info["meta"]["path"], settings.dataset_root_paths, name=name)
+        meta = info["meta"]
+        listed = folder_items(meta["path"], settings.dataset_root_paths, name=name, classes=meta.get("subset"),
+                              per_class=meta.get("per_class"))
         if listed is not None:
             return listed
     return fetch_dataset(name, client, settings)

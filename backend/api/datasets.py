@@ -75,7 +75,8 @@ def register_folder(body: DatasetFolderCreate, session: SessionDep, settings: Se
     `.tar` shards (`<key>.jpg` + `<key>.cls`, read in order)."""
     try:
         dataset = service.register_folder(session, name=body.name, path=body.path,
-                                          roots=settings.dataset_root_paths, description=body.description)
+                                          roots=settings.dataset_root_paths, description=body.description,
+                                          classes=body.classes, per_class=body.per_class)
     except DatasetError as exc:
         raise HTTPException(422, str(exc)) from None
     return DatasetRead.model_validate(dataset)

@@ -256,8 +256,12 @@ def dataset_content_hash(dataset: Dataset) -> str | None:
     if dataset.kind == "path":
         from repscope.dataset_manifest import ManifestError, folder_manifest
 
+        meta = dataset.meta or {}
         try:
-            return folder_manifest((dataset.meta or {}).get("path", "")).key
+            key = folder_manifest(meta.get("path", "")).key
+            selection = {k: meta[k] for k in ("subset", "per_class") if meta.get(k) is not None}
+            return key + (":" + hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:16]
+                          if selection else "")
         except ManifestError as exc:
             raise UploadRejected(f"dataset {dataset.name!r}: {exc}") from None
     return dataset.sha256 or None

@@ -73,8 +73,24 @@ def register_upload(session: Session, store: ArtifactStore, received: Received, 
     return dataset
 
 
+SUBSET_FORMATS = ("folder", "dinov2-imagenet")
+
+
+def _subset(folder: Path, layout, classes: list[str]) -> list[str]:  # noqa: ANN001 - FolderLayout
+    """The display names of a class subset; every entry must be a class folder name (an ImageNet wnid) or a
+    class name of the folder."""
+    dirs = {p.name for d in (folder, *(folder / s for s in ("train", "val"))) if d.is_dir()
+            for p in d.iterdir() if p.is_dir()}
+    known = dirs | set(layout.classes)
+    unknown = sorted(set(classes) - known)
+    if unknown:
+        raise DatasetError(f"{len(unknown)} of the requested classes are not in the folder: {', '.join(unknown[:10])}")
+    return sorted(set(classes))
+
+
 def register_folder(session: Session, *, name: str, path: str, roots: list[Path], description: str | None,
-                    max_files: int = MAX_SCAN_FILES) -> Dataset:
+                    max_files: int = MAX_SCAN_FILES, classes: list[str] | None = None,
+                    per_class: int | None = None) -> Dataset:
     """A server-side folder under one of the configured roots (for datasets too large to upload): an ImageFolder
     tree, DINOv2's ImageNet layout, CIFAR-10/100 / STL-10 binaries or webdataset tar shards (format "webdataset",
     n and classes from the tar headers and classes.txt or the labels; repscope.dataset_layouts tells which)."""
@@ -90,9 +106,18 @@ def register_folder(session: Session, *, name: str, path: str, roots: list[Path]
     if session.scalar(select(Dataset.id).where(Dataset.name == name)) is not None:
         raise Conflict(f"dataset {name!r} already exists; pick another name")
     layout = describe_folder(resolved, root, max_files)
-    dataset = Dataset(name=name, kind="path", format=layout.format, n=layout.n, image_shape=layout.image_shape,
-                      classes=layout.classes, sha256=f"path:{resolved}", description=description,
-                      meta={"path": str(resolved), **layout.to_meta()})
+    meta = {"path": str(resolved), **layout.to_meta()}
+    n, names = layout.n, layout.classes
+    if classes is not None or per_class is not None:
+        if layout.format not in SUBSET_FORMATS:
+            raise DatasetError(f"classes / per_class select from ImageFolder and DINOv2 folders; this one is "
+                               f"{layout.format!r}")
+        if classes is not None:
+            names = _subset(resolved, layout, classes)
+        meta.update({"subset": sorted(set(classes)) if classes is not None else None, "per_class": per_class})
+        n = None  # counted when the worker lists the folder
+    dataset = Dataset(name=name, kind="path", format=layout.format, n=n, image_shape=layout.image_shape,
+                      classes=names, sha256=f"path:{resolved}", description=description, meta=meta)
     session.add(dataset)
     session.commit()
     return dataset

@@ -107,3 +107,35 @@ def test_a_vanished_folder_is_a_clear_422(folder_api, run_id):
     root.rmdir()
     response = upload(api, run_id, "enc.pt", _torchscript_bytes(), kind="checkpoint", dataset="pets")
     assert response.status_code == 422 and "does not exist (any more)" in response.json()["detail"]
+
+
+def test_class_subset_and_per_class_cap(settings, tmp_path, run_id):  # noqa: ARG001 - run_id: app set up
+    from fastapi.testclient import TestClient
+
+    from backend.app import create_app
+    from worker.datasets.readers import folder_items
+
+    root = tree(tmp_path / "roots" / "zoo")
+    (root / "emu").mkdir()
+    for i in range(4):
+        (root / "emu" / f"{i}.png").write_bytes(b"e" * (i + 1))
+    app = create_app(settings.model_copy(update={"dataset_roots": str(root.parent)}), run_sweeper=False)
+    with TestClient(app, headers=ADMIN_HEADERS) as api:
+        def post(name: str, **extra):
+            return api.post("/api/v1/datasets/folder", json={"name": name, "path": str(root), **extra})
+
+        made = post("zoo-2", classes=["cat", "emu"], per_class=2).json()
+        assert made["classes"] == ["cat", "emu"] and made["meta"]["per_class"] == 2 and made["n"] is None
+        assert post("zoo-all").json()["classes"] == ["cat", "dog", "emu"]
+        bad = post("zoo-x", classes=["cat", "yak"])
+        assert bad.status_code == 422 and "yak" in bad.json()["detail"]
+        ckpt = _torchscript_bytes()
+        run = api.post("/api/v1/runs", json={"project": "zoo", "name": "r"}).json()["id"]
+        keys = {}
+        for i, name in enumerate(("zoo-2", "zoo-all")):
+            embed_id = upload(api, run, "e.pt", ckpt, kind="checkpoint", step=i, dataset=name).json()["evaluations"][0]
+            keys[name] = api.get(f"/api/v1/evaluations/{embed_id['id']}").json()["params"]["cache_key"]
+        assert keys["zoo-2"] != keys["zoo-all"]  # the selection is part of the dataset's identity
+    listed = folder_items(root, [root.parent], classes=["cat", "emu"], per_class=2)
+    assert listed.paths == ["cat/a.png", "cat/b.png", "emu/0.png", "emu/1.png"]
+    assert listed.classes == ["cat", "emu"] and listed.labels.tolist() == [0, 0, 1, 1]

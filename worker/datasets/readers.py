@@ -22,9 +22,8 @@ import os
 import re
 import stat
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable, Sequence
+from pathlib import PurePosixPath
 
 import numpy as np
 
@@ -33,12 +32,12 @@ from repscope.datasets import DatasetError as LayoutDatasetError
 
 from .builtin import ImageDataset, stratified_split
 from .errors import DatasetError
+from .folders import MAX_MEMBERS, FolderItems, _checked_folder, _layout, folder_items
 from .npz import read_npz
 
-__all__ = ["DatasetError", "check_zip_members", "read_dataset_file", "read_image_folder", "read_image_zip",
+__all__ = ["DatasetError", "FolderItems", "folder_items", "check_zip_members", "read_dataset_file", "read_image_folder", "read_image_zip",
            "read_npz"]
 
-MAX_MEMBERS = 200_000
 MAX_EXPANDED_BYTES = 8 << 30
 MAX_RATIO = 100.0
 ZIP_RATIO_MIN_BYTES = 1 << 16
@@ -102,40 +101,6 @@ def _pil():
             "reading image files needs Pillow, which this worker lacks (pip install pillow)"
         ) from e
     return Image
-
-
-def _layout(paths: Iterable[str]) -> list[tuple[str, int | None, str]]:
-    """(path, split or None, class) for each image path of an ImageFolder tree: [wrapper/][train|test/]class/file.
-
-    One top-level folder wrapping everything is skipped; top-level folders all in SPLIT_DIRS give the split.
-    """
-    files = []
-    for p in paths:
-        parts = PurePosixPath(p.replace("\\", "/")).parts
-        if any(part.startswith(".") or part in IGNORED_PARTS for part in parts):
-            continue
-        if parts and parts[-1].lower().endswith(IMAGE_EXTENSIONS):
-            files.append((p, parts))
-    if not files:
-        raise DatasetError(f"no image files found (expected class folders of {', '.join(IMAGE_EXTENSIONS)})")
-    depth = 0
-    while len({parts[depth] for _, parts in files if len(parts) > depth + 1}) == 1 and all(
-        len(parts) > depth + 2 for _, parts in files
-    ):
-        depth += 1  # a single wrapping folder
-    tops = {parts[depth] for _, parts in files}
-    by_split = all(len(parts) - depth == 3 for _, parts in files) and tops <= set(SPLIT_DIRS)
-    out = []
-    for p, parts in files:
-        rel = parts[depth:]
-        if by_split:
-            out.append((p, SPLIT_DIRS[rel[0]], rel[1]))
-        elif len(rel) == 2:
-            out.append((p, None, rel[0]))
-        else:
-            raise DatasetError(f"{p!r} is not inside a class folder (expected <class>/<image> or "
-                               f"<train|test>/<class>/<image>)")  # fmt: skip
-    return sorted(out, key=lambda t: t[0])
 
 
 def _decode(data: bytes, what: str, size: tuple[int, int] | None, max_pixels: int) -> np.ndarray:
@@ -211,71 +176,6 @@ def read_image_zip(
         return _assemble(items, read, name=name, image_size=image_size, max_image_pixels=max_image_pixels)
 
 
-@dataclass
-class FolderItems:
-    """The image files of a server folder (ImageFolder tree or DINOv2 layout), listed without decoding."""
-
-    folder: Path  # resolved
-    paths: list[str]  # relative to `folder`, sorted
-    labels: np.ndarray  # int64
-    split: np.ndarray  # int8, 0 train / 1 test
-    classes: list[str]
-    name: str
-
-
-def _checked_folder(path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> tuple[Path, Path]:
-    """(folder, its root), both resolved; refused unless the folder lies under one of ``roots``."""
-    if not roots:
-        raise DatasetError("no dataset roots are configured on this worker; server folders are disabled")
-    resolved_roots = [Path(r).resolve() for r in roots]
-    try:
-        folder = Path(path).resolve(strict=True)
-    except (OSError, RuntimeError) as e:
-        raise DatasetError(f"dataset folder {str(path)!r} does not exist") from e
-    root = next((r for r in resolved_roots if folder.is_relative_to(r)), None)
-    if root is None:
-        raise DatasetError(f"dataset folder {str(path)!r} is outside the configured dataset roots")
-    if not folder.is_dir():
-        raise DatasetError(f"{str(path)!r} is not a folder")
-    return folder, root
-
-
-def folder_items(path: str | os.PathLike, roots: Sequence[str | os.PathLike], *, name: str | None = None,
-                 max_members: int = MAX_MEMBERS) -> FolderItems | None:
-    """The labelled image files of an ImageFolder / DINOv2 folder (every file, links resolved, under the root),
-    or None for the other layouts (binaries, shards: read whole by read_image_folder)."""
-    folder, root = _checked_folder(path, roots)
-    try:
-        fmt, layout_root = layouts.detect_layout(folder)
-        if fmt in layouts.BINARY_SPECS or fmt == "webdataset":
-            return None
-        rel_paths = []
-        for dirpath, dirnames, filenames in os.walk(folder):  # does not follow directory symlinks
-            dirnames.sort()
-            for fn in sorted(filenames):
-                rel_paths.append(Path(dirpath, fn).relative_to(folder).as_posix())
-                if len(rel_paths) > max_members:
-                    raise DatasetError(f"folder has more than {max_members} files")
-        wnid_names = layouts.dinov2_labels(layout_root, root) if fmt == "dinov2-imagenet" else None
-        if wnid_names is None:
-            items = _layout(rel_paths)
-        else:  # DINOv2's ImageNet: train/<wnid>/, val/<wnid>/; test/ has no labels
-            items, skipped = layouts.dinov2_items(rel_paths, layout_root.relative_to(folder).as_posix())
-            log.info("DINOv2 layout %s: %d unlabelled test/ images skipped", folder, skipped)
-    except LayoutDatasetError as e:
-        raise DatasetError(str(e)) from None
-    for rel, _, _ in items:  # every file, links resolved, must stay under the root (before any decoding)
-        if not (folder / rel).resolve().is_relative_to(root):
-            raise DatasetError(f"{rel!r} links outside the configured dataset roots")
-    classes = sorted({c for _, _, c in items})
-    index = {c: i for i, c in enumerate(classes)}
-    labels = np.array([index[c] for _, _, c in items], dtype=np.int64)
-    splits = [s for _, s, _ in items]
-    split = np.array(splits, dtype=np.int8) if all(s is not None for s in splits) else stratified_split(labels)
-    names = layouts.class_names(classes, wnid_names) if wnid_names is not None else classes
-    return FolderItems(folder, [p for p, _, _ in items], labels, split, names, name or folder.name)
-
-
 def read_image_folder(
     path: str | os.PathLike,
     roots: Sequence[str | os.PathLike],
@@ -284,11 +184,13 @@ def read_image_folder(
     image_size: int | tuple[int, int] | None = None,
     max_members: int = MAX_MEMBERS,
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    classes: Sequence[str] | None = None,
+    per_class: int | None = None,
 ) -> ImageDataset:
     """A server folder decoded whole into one array (every image at the first one's size, or image_size);
     refused unless it lies (symlinks resolved) under one of ``roots``, and so must every file in it.
     worker.embed_stream embeds ImageFolder / DINOv2 folders image by image instead."""
-    listed = folder_items(path, roots, name=name, max_members=max_members)
+    listed = folder_items(path, roots, name=name, max_members=max_members, classes=classes, per_class=per_class)
     if listed is None:
         folder, root = _checked_folder(path, roots)
         name = name or folder.name

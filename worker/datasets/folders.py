@@ -1,0 +1,146 @@
+"""Server ImageFolder / DINOv2 folders listed without decoding: every image file with its class and split,
+a class subset and a per-class cap; all under the configured roots (links resolved)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from repscope import dataset_layouts as layouts
+from repscope.dataset_layouts import IGNORED_PARTS, IMAGE_EXTENSIONS, SPLIT_DIRS
+from repscope.datasets import DatasetError as LayoutDatasetError
+
+from .builtin import stratified_split
+from .errors import DatasetError
+
+MAX_MEMBERS = 200_000
+log = logging.getLogger(__name__)
+
+
+def _layout(paths: Iterable[str]) -> list[tuple[str, int | None, str]]:
+    """(path, split or None, class) for each image path of an ImageFolder tree: [wrapper/][train|test/]class/file.
+
+    One top-level folder wrapping everything is skipped; top-level folders all in SPLIT_DIRS give the split.
+    """
+    files = []
+    for p in paths:
+        parts = PurePosixPath(p.replace("\\", "/")).parts
+        if any(part.startswith(".") or part in IGNORED_PARTS for part in parts):
+            continue
+        if parts and parts[-1].lower().endswith(IMAGE_EXTENSIONS):
+            files.append((p, parts))
+    if not files:
+        raise DatasetError(f"no image files found (expected class folders of {', '.join(IMAGE_EXTENSIONS)})")
+    depth = 0
+    while len({parts[depth] for _, parts in files if len(parts) > depth + 1}) == 1 and all(
+        len(parts) > depth + 2 for _, parts in files
+    ):
+        depth += 1  # a single wrapping folder
+    tops = {parts[depth] for _, parts in files}
+    by_split = all(len(parts) - depth == 3 for _, parts in files) and tops <= set(SPLIT_DIRS)
+    out = []
+    for p, parts in files:
+        rel = parts[depth:]
+        if by_split:
+            out.append((p, SPLIT_DIRS[rel[0]], rel[1]))
+        elif len(rel) == 2:
+            out.append((p, None, rel[0]))
+        else:
+            raise DatasetError(f"{p!r} is not inside a class folder (expected <class>/<image> or "
+                               f"<train|test>/<class>/<image>)")  # fmt: skip
+    return sorted(out, key=lambda t: t[0])
+
+
+@dataclass
+class FolderItems:
+    """The image files of a server folder (ImageFolder tree or DINOv2 layout), listed without decoding."""
+
+    folder: Path  # resolved
+    paths: list[str]  # relative to `folder`, sorted
+    labels: np.ndarray  # int64
+    split: np.ndarray  # int8, 0 train / 1 test
+    classes: list[str]
+    name: str
+
+
+def _checked_folder(path: str | os.PathLike, roots: Sequence[str | os.PathLike]) -> tuple[Path, Path]:
+    """(folder, its root), both resolved; refused unless the folder lies under one of ``roots``."""
+    if not roots:
+        raise DatasetError("no dataset roots are configured on this worker; server folders are disabled")
+    resolved_roots = [Path(r).resolve() for r in roots]
+    try:
+        folder = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError) as e:
+        raise DatasetError(f"dataset folder {str(path)!r} does not exist") from e
+    root = next((r for r in resolved_roots if folder.is_relative_to(r)), None)
+    if root is None:
+        raise DatasetError(f"dataset folder {str(path)!r} is outside the configured dataset roots")
+    if not folder.is_dir():
+        raise DatasetError(f"{str(path)!r} is not a folder")
+    return folder, root
+
+
+def folder_items(path: str | os.PathLike, roots: Sequence[str | os.PathLike], *, name: str | None = None,
+                 max_members: int = MAX_MEMBERS, classes: Sequence[str] | None = None,
+                 per_class: int | None = None) -> FolderItems | None:
+    """The labelled image files of an ImageFolder / DINOv2 folder (every file, links resolved, under the root),
+    or None for the other layouts (binaries, shards: read whole by read_image_folder). ``classes``: only these
+    (folder names, e.g. ImageNet wnids, or DINOv2 names); ``per_class``: the first k files per class and split."""
+    folder, root = _checked_folder(path, roots)
+    try:
+        fmt, layout_root = layouts.detect_layout(folder)
+        if fmt in layouts.BINARY_SPECS or fmt == "webdataset":
+            return None
+        rel_paths = []
+        for dirpath, dirnames, filenames in os.walk(folder):  # does not follow directory symlinks
+            dirnames.sort()
+            for fn in sorted(filenames):
+                rel_paths.append(Path(dirpath, fn).relative_to(folder).as_posix())
+                if len(rel_paths) > max_members:
+                    raise DatasetError(f"folder has more than {max_members} files")
+        wnid_names = layouts.dinov2_labels(layout_root, root) if fmt == "dinov2-imagenet" else None
+        if wnid_names is None:
+            items = _layout(rel_paths)
+        else:  # DINOv2's ImageNet: train/<wnid>/, val/<wnid>/; test/ has no labels
+            items, skipped = layouts.dinov2_items(rel_paths, layout_root.relative_to(folder).as_posix())
+            log.info("DINOv2 layout %s: %d unlabelled test/ images skipped", folder, skipped)
+    except LayoutDatasetError as e:
+        raise DatasetError(str(e)) from None
+    items = _select(items, classes, per_class, wnid_names or {})
+    for rel, _, _ in items:  # every file, links resolved, must stay under the root (before any decoding)
+        if not (folder / rel).resolve().is_relative_to(root):
+            raise DatasetError(f"{rel!r} links outside the configured dataset roots")
+    classes = sorted({c for _, _, c in items})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = np.array([index[c] for _, _, c in items], dtype=np.int64)
+    splits = [s for _, s, _ in items]
+    split = np.array(splits, dtype=np.int8) if all(s is not None for s in splits) else stratified_split(labels)
+    names = layouts.class_names(classes, wnid_names) if wnid_names is not None else classes
+    return FolderItems(folder, [p for p, _, _ in items], labels, split, names, name or folder.name)
+
+
+def _select(items: list[tuple[str, int | None, str]], classes: Sequence[str] | None, per_class: int | None,
+            names: dict[str, str]) -> list[tuple[str, int | None, str]]:
+    """A class subset (folder name or display name) and a cap per (class, split), first files by path."""
+    if classes is not None:
+        wanted = set(classes)
+        items = [t for t in items if t[2] in wanted or names.get(t[2]) in wanted]
+        if not items:
+            raise DatasetError(f"none of the selected classes has images: {sorted(wanted)[:10]}")
+    if per_class is not None:
+        taken: dict[tuple[int | None, str], int] = {}
+        kept = []
+        for t in items:
+            k = (t[1], t[2])
+            if taken.get(k, 0) < per_class:
+                taken[k] = taken.get(k, 0) + 1
+                kept.append(t)
+        items = kept
+    return items
+
+
