@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from repscope import file_list_layout as file_lists
 from repscope import shard_layout as shards
 from repscope.datasets import DatasetError
 
@@ -133,7 +134,7 @@ def _marks(folder: Path) -> str | None:
     entries = _entries(folder)
     files = {e.name for e in entries if e.is_file()}
     dirs = {e.name for e in entries if e.is_dir(follow_symlinks=False)}
-    fmt = _binary_format(files) or shards.shard_format(entries)
+    fmt = _binary_format(files) or shards.shard_format(entries) or file_lists.list_format(folder, files)
     if fmt:
         return fmt
     if files & CIFAR10_PICKLES or ("meta" in files and files & {"train", "test"}) or dirs & set(PICKLE_FOLDERS) \
@@ -332,6 +333,10 @@ def describe_folder(folder: Path, root: Path, max_files: int = MAX_SCAN_FILES) -
                             list(spec.shape), counts, [p.name for p in parts], notes)
     if fmt == shards.FORMAT:
         return FolderLayout(fmt, rel_root, *shards.describe_shards(layout_root, root, max_files))
+    if fmt == file_lists.FORMAT:
+        items, names = file_lists.read_lists(layout_root, max_files)
+        counts = {s: sum(1 for _, sp, _ in items if sp == i) for i, s in enumerate(SPLIT_NAMES)}
+        return FolderLayout(fmt, rel_root, len(items), names, None, counts)
     if fmt == "dinov2-imagenet":
         prefix = "" if rel_root == "." else f"{rel_root}/"
         per_class = _scan_tree(layout_root, prefix, DINOV2_SPLITS, root, max_files)

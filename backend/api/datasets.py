@@ -71,8 +71,9 @@ async def upload_dataset(request: Request, session: SessionDep, store: StoreDep,
 def register_folder(body: DatasetFolderCreate, session: SessionDep, settings: SettingsDep) -> DatasetRead:
     """Register a dataset folder on the server's disk (under REPSCOPE_DATASET_ROOTS): an ImageFolder tree
     (`<class>/<image>`, optionally under `train/` and `val/`), DINOv2's ImageNet layout (`train/`, `val/`, `test/`,
-    `labels.txt`), the CIFAR-10 / CIFAR-100 / STL-10 binary files (their Python pickles are refused), or webdataset
-    `.tar` shards (`<key>.jpg` + `<key>.cls`, read in order)."""
+    `labels.txt`), the CIFAR-10 / CIFAR-100 / STL-10 binary files (their Python pickles are refused), webdataset
+    `.tar` shards (`<key>.jpg` + `<key>.cls`, read in order), or label lists (`train.txt` / `val.txt` lines
+    `<path> <label>`). `classes` and `per_class` select from ImageFolder, DINOv2 and label-list folders."""
     try:
         dataset = service.register_folder(session, name=body.name, path=body.path,
                                           roots=settings.dataset_root_paths, description=body.description,

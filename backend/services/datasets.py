@@ -73,7 +73,7 @@ def register_upload(session: Session, store: ArtifactStore, received: Received, 
     return dataset
 
 
-SUBSET_FORMATS = ("folder", "dinov2-imagenet")
+SUBSET_FORMATS = ("folder", "dinov2-imagenet", "filelist")
 
 
 def _subset(folder: Path, layout, classes: list[str]) -> list[str]:  # noqa: ANN001 - FolderLayout

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from repscope import dataset_layouts as layouts
+from repscope import file_list_layout as file_lists
 from repscope.dataset_layouts import IGNORED_PARTS, IMAGE_EXTENSIONS, SPLIT_DIRS
 from repscope.datasets import DatasetError as LayoutDatasetError
 
@@ -96,6 +97,8 @@ def folder_items(path: str | os.PathLike, roots: Sequence[str | os.PathLike], *,
         fmt, layout_root = layouts.detect_layout(folder)
         if fmt in layouts.BINARY_SPECS or fmt == "webdataset":
             return None
+        if fmt == file_lists.FORMAT:
+            return _listed(folder, root, layout_root, name, max_members, classes, per_class)
         rel_paths = []
         for dirpath, dirnames, filenames in os.walk(folder):  # does not follow directory symlinks
             dirnames.sort()
@@ -144,3 +147,19 @@ def _select(items: list[tuple[str, int | None, str]], classes: Sequence[str] | N
     return items
 
 
+def _listed(folder: Path, root: Path, layout_root: Path, name: str | None, max_members: int,
+            classes: Sequence[str] | None, per_class: int | None) -> FolderItems:
+    """A folder described by label lists (repscope.file_list_layout): labels are the lists' integers."""
+    rows, names = file_lists.read_lists(layout_root, max_members)
+    prefix = layout_root.relative_to(folder).as_posix()
+    items = [(f"{prefix}/{rel}" if prefix != "." else rel, split, names[label]) for rel, split, label in rows]
+    items = _select(items, classes, per_class, {})
+    for rel, _, _ in items:
+        real = (folder / rel).resolve()
+        if not real.is_relative_to(root):
+            raise DatasetError(f"{rel!r} links outside the configured dataset roots")
+        if not real.is_file():
+            raise DatasetError(f"{rel!r}, named in the label lists, is not a file in the folder")
+    index = {n: i for i, n in enumerate(names)}
+    return FolderItems(folder, [r for r, _, _ in items], np.array([index[c] for _, _, c in items], dtype=np.int64),
+                       np.array([s for _, s, _ in items], dtype=np.int8), list(names), name or folder.name)
