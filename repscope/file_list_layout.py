@@ -66,6 +66,6 @@ def read_lists(folder: Path, max_files: int) -> tuple[list[tuple[str, int, int]]
             raise DatasetError(f"{CLASSES_FILE} names {len(given)} classes but the labels go up to {n_classes - 1}")
         names = given
     seen: dict[str, int] = {}
-    for i, n in enumerate(names):  # distinct names: a repeated one gets its label appended
+    for n in names:  # distinct names: a repeated one gets its label appended
         seen[n] = seen.get(n, 0) + 1
     return items, [f"{n} ({i})" if seen[n] > 1 else n for i, n in enumerate(names)]
