@@ -58,6 +58,8 @@ class Sample:
     data: bytes | None = None  # its bytes (when read)
     label_ext: str | None = None
     label: int | None = None  # when labels are read
+    offset: int | None = None  # the image member's data offset in an uncompressed shard (random access)
+    size: int | None = None
 
     @property
     def where(self) -> str:
@@ -182,6 +184,7 @@ def _add(sample: Sample, tf: tarfile.TarFile, info: tarfile.TarInfo, ext: str, i
         if sample.image is not None:
             raise DatasetError(f"{sample.where} has two images: {sample.image!r} and {info.name!r}")
         sample.image, sample.data = info.name, _member_bytes(tf, info) if images else None
+        sample.offset, sample.size = info.offset_data, info.size
     elif ext in LABEL_EXTS:
         if sample.label_ext is not None and LABEL_EXTS.index(ext) >= LABEL_EXTS.index(sample.label_ext):
             return
@@ -252,3 +255,10 @@ def label_classes(top: int) -> list[str]:
     if top >= MAX_CLASSES:
         raise DatasetError(f"label {top} implies more than {MAX_CLASSES} classes; add a {CLASSES_FILE}")
     return [str(i) for i in range(top + 1)]
+
+
+def is_uncompressed(shard: Shard) -> bool:
+    """A plain tar (members at fixed offsets, readable by seeking), not gzip / bzip2 / xz."""
+    with shard.path.open("rb") as fh:
+        head = fh.read(6)
+    return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ"))

@@ -16,6 +16,7 @@ included.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from torch import nn
 
 from worker.datasets import transforms as T
 from worker.datasets.eval_transform import pil_transform
+from worker.datasets.folders import SHARD_SEP, display_name, item_bytes
 from worker.datasets.preprocessing import Preprocessing, stats
 from worker.models.features import encode
 from worker.suites.base import ProgressFn, no_progress
@@ -62,11 +64,17 @@ class ImageFiles(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _open(self, path: str) -> str | io.BytesIO:
+        """A file, or an image member of an uncompressed webdataset shard ("<shard>::<offset>::<size>")."""
+        if SHARD_SEP not in path:
+            return os.path.join(self.root, path)
+        return io.BytesIO(item_bytes(Path(self.root), path))
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
         from PIL import Image
 
         try:
-            with Image.open(os.path.join(self.root, self.paths[i])) as img:
+            with Image.open(self._open(self.paths[i])) as img:
                 if img.width * img.height > self.max_pixels:
                     raise ValueError(f"{img.width} x {img.height} pixels is over the limit")
                 img.load()
@@ -166,6 +174,6 @@ def _views(module, x, mean, std, q, seed, offset, pool, autocast) -> np.ndarray:
 def _check_unreadable(result: StreamResult, paths: Sequence[str], max_fraction: float) -> None:
     bad = result.unreadable
     if bad and len(bad) > max_fraction * len(paths):
-        named = "; ".join(f"{paths[i]} ({result.reasons.get(i, 'unreadable')})" for i in bad[:NAMED])
+        named = "; ".join(f"{display_name(paths[i])} ({result.reasons.get(i, 'unreadable')})" for i in bad[:NAMED])
         raise UnreadableImages(f"{len(bad)} of {len(paths)} images could not be read (more than "
                                f"{max_fraction:.1%} allowed): {named}{' ...' if len(bad) > NAMED else ''}")

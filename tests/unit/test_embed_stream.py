@@ -4,6 +4,7 @@ child reads the folder through a read-only bind."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,38 @@ def test_a_killed_streamed_embed_resumes_where_it_stopped(tmp_path):
     np.testing.assert_allclose(out.arrays["embeddings"], want, rtol=1e-5, atol=1e-6)
     other = run_job(job, tmp_path / "net.pt", None, source=source("k2"), mode="off", progress=lambda f, m: None)
     assert other.report["resumed_from"] == 0  # another job's key: starts over
+
+
+def test_uncompressed_shards_stream_by_offset_compressed_ones_are_read_whole(tmp_path):
+    import gzip
+    import shutil
+
+    from tests.unit.test_dataset_shards import write_shard
+    from worker.datasets.readers import read_image_folder
+
+    rng = np.random.default_rng(1)
+    members = []
+    for i in range(7):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(buf, format="JPEG")
+        members += [(f"s/{i:03d}.jpg", buf.getvalue()), (f"s/{i:03d}.cls", str(i % 3).encode())]
+    write_shard(tmp_path / "wds" / "train-000.tar", members[:8])
+    write_shard(tmp_path / "wds" / "val-000.tar", members[8:])
+    listed = folder_items(tmp_path / "wds", [tmp_path])
+    assert len(listed.paths) == 7 and listed.split.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert listed.labels.tolist() == [0, 1, 2, 0, 1, 2, 0]
+    embed_files(Net(), str(listed.folder), listed.paths, PREP, tmp_path / "z.npy")
+    whole = read_image_folder(tmp_path / "wds", [tmp_path])  # the same bytes through the in-memory reader
+    assert whole.labels.tolist() == listed.labels.tolist()
+    t = torchvision.transforms
+    tf = t.Compose([t.Resize(36), t.CenterCrop(32), t.ToTensor(), t.Normalize(PREP.mean, PREP.std)])
+    with torch.inference_mode():
+        want = Net().eval()(torch.stack([tf(Image.open(io.BytesIO(b))) for name, b in members
+                                          if name.endswith(".jpg")])).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), want, rtol=1e-5, atol=1e-6)
+    for shard in (tmp_path / "wds").iterdir():  # gzip'd shards: no offsets, read front to back instead
+        with open(shard, "rb") as src, gzip.open(shard.with_suffix(".gz.tmp"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        shard.with_suffix(".gz.tmp").replace(shard)
+    assert folder_items(tmp_path / "wds", [tmp_path]) is None
+    assert read_image_folder(tmp_path / "wds", [tmp_path]).labels.tolist() == listed.labels.tolist()

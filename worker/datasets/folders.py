@@ -13,6 +13,7 @@ import numpy as np
 
 from repscope import dataset_layouts as layouts
 from repscope import file_list_layout as file_lists
+from repscope import shard_layout
 from repscope.dataset_layouts import IGNORED_PARTS, IMAGE_EXTENSIONS, SPLIT_DIRS
 from repscope.datasets import DatasetError as LayoutDatasetError
 
@@ -95,8 +96,10 @@ def folder_items(path: str | os.PathLike, roots: Sequence[str | os.PathLike], *,
     folder, root = _checked_folder(path, roots)
     try:
         fmt, layout_root = layouts.detect_layout(folder)
-        if fmt in layouts.BINARY_SPECS or fmt == "webdataset":
+        if fmt in layouts.BINARY_SPECS:
             return None
+        if fmt == shard_layout.FORMAT:
+            return _shard_items(folder, root, layout_root, name, max_members, classes, per_class)
         if fmt == file_lists.FORMAT:
             return _listed(folder, root, layout_root, name, max_members, classes, per_class)
         rel_paths = []
@@ -163,3 +166,53 @@ def _listed(folder: Path, root: Path, layout_root: Path, name: str | None, max_m
     index = {n: i for i, n in enumerate(names)}
     return FolderItems(folder, [r for r, _, _ in items], np.array([index[c] for _, _, c in items], dtype=np.int64),
                        np.array([s for _, s, _ in items], dtype=np.int8), list(names), name or folder.name)
+
+
+SHARD_SEP = "::"  # "<shard>::<offset>::<size>::<member>": an image member read by seeking in its (uncompressed) shard
+
+
+def _shard_items(folder: Path, root: Path, layout_root: Path, name: str | None, max_members: int,
+                 classes: Sequence[str] | None, per_class: int | None) -> FolderItems | None:
+    """Uncompressed webdataset shards as random-access samples (tar headers only; images read by the loader);
+    None for compressed shards, which are read whole, front to back."""
+    shards = shard_layout.list_shards(layout_root, root)
+    if not all(shard_layout.is_uncompressed(s) for s in shards):
+        return None
+    names = shard_layout.read_classes(layout_root, root)
+    rows, budget = [], [shard_layout.MAX_MEMBERS]
+    prefix = layout_root.relative_to(folder).as_posix()
+    for shard in shards:
+        where = f"{prefix}/{shard.name}" if prefix != "." else shard.name
+        for s in shard_layout.iter_samples(shard, stream=False, images=False, labels=True, budget=budget):
+            if names is not None and s.label >= len(names):
+                raise DatasetError(f"{s.where}: label {s.label} is out of range for the {len(names)} classes")
+            rows.append((SHARD_SEP.join((where, str(s.offset), str(s.size), s.image)), shard.split, s.label))
+            if len(rows) > max_members:
+                raise DatasetError(f"shards hold more than {max_members} samples")
+    if not rows:
+        raise DatasetError("the shards hold no samples (an image and a label per key)")
+    names = names or shard_layout.label_classes(max(label for _, _, label in rows))
+    items = _select([(p, sp, names[label]) for p, sp, label in rows], classes, per_class, {})
+    index = {n: i for i, n in enumerate(names)}
+    labels = np.array([index[c] for _, _, c in items], dtype=np.int64)
+    splits = [sp for _, sp, _ in items]
+    split = np.array(splits, dtype=np.int8) if all(sp is not None for sp in splits) else stratified_split(labels)
+    return FolderItems(folder, [p for p, _, _ in items], labels, split, list(names), name or folder.name)
+
+
+def item_bytes(folder: Path, rel: str) -> bytes:
+    """The encoded image of one FolderItems entry: a file, or a member of an uncompressed shard."""
+    if SHARD_SEP not in rel:
+        return (folder / rel).resolve().read_bytes()
+    shard, offset, size, _ = rel.split(SHARD_SEP, 3)
+    with open(folder / shard, "rb") as f:
+        f.seek(int(offset))
+        return f.read(min(int(size), shard_layout.MAX_MEMBER_BYTES))
+
+
+def display_name(rel: str) -> str:
+    """How errors name an entry: the file, or "<shard>:<member>"."""
+    if SHARD_SEP not in rel:
+        return rel
+    shard, _, _, member = rel.split(SHARD_SEP, 3)
+    return f"{shard}:{member}"

@@ -32,7 +32,15 @@ from repscope.datasets import DatasetError as LayoutDatasetError
 
 from .builtin import ImageDataset, stratified_split
 from .errors import DatasetError
-from .folders import MAX_MEMBERS, FolderItems, _checked_folder, _layout, folder_items
+from .folders import (
+    MAX_MEMBERS,
+    FolderItems,
+    _checked_folder,
+    _layout,
+    display_name,
+    folder_items,
+    item_bytes,
+)
 from .npz import read_npz
 
 __all__ = ["DatasetError", "FolderItems", "folder_items", "check_zip_members", "read_dataset_file", "read_image_folder", "read_image_zip",
@@ -210,7 +218,7 @@ def read_image_folder(
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     images = []
     for rel in listed.paths:
-        img = _decode((listed.folder / rel).resolve().read_bytes(), rel, size, max_image_pixels)
+        img = _decode(item_bytes(listed.folder, rel), display_name(rel), size, max_image_pixels)
         size = size or img.shape[:2]  # the first image fixes the common size
         images.append(img)
     return ImageDataset(np.stack(images), listed.labels, listed.split, listed.classes, listed.name)

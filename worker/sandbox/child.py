@@ -88,6 +88,7 @@ def run_embed(req: dict[str, Any], channel: Channel) -> None:
 
 def run_embed_stream(req: dict[str, Any], channel: Channel) -> None:
     """A folder of image files, bound read-only: decoded and transformed per image (worker.embed_stream)."""
+    from worker.datasets.folders import display_name
     from worker.embed_stream import embed_files, folder_preprocessing
 
     source = req["source"]
@@ -116,7 +117,7 @@ def run_embed_stream(req: dict[str, Any], channel: Channel) -> None:
     report = {**_report(encoder), "seconds": seconds, "unreadable": result.unreadable, "resumed_from": start}
     if result.unreadable:
         report["warnings"] = [*report["warnings"], f"{len(result.unreadable)} of {len(paths)} images could not be "
-                              f"read and were left out, e.g. {paths[result.unreadable[0]]}"]
+                              f"read and were left out, e.g. {display_name(paths[result.unreadable[0]])}"]
     (Path(req["scratch"]) / "report.json").write_text(json.dumps(report))
 
 
