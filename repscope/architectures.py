@@ -1,7 +1,7 @@
 """The architecture names a worker can build, without importing torch, timm or torchvision (issue #18).
 
 `arch` on a checkpoint upload is one of (docs/ckpt contract):
-- a timm model name: `timm.list_models()` of the timm the worker installs (data/timm_models.txt);
+- a timm model name: `timm.list_models()` of the timm the worker installs (arch_names/timm_models.txt);
 - `torchvision:<name>`: `torchvision.models.list_models(module=torchvision.models)`, the classification models
   (data/torchvision_models.txt);
 - `hf`: a Hugging Face model zip or folder (config.json + *.safetensors), built by transformers' AutoModel;
@@ -40,7 +40,7 @@ class UnknownArchitecture(ValueError):
 
 
 def _read_names(filename: str) -> tuple[str, ...]:
-    text = resources.files("repscope").joinpath("data", filename).read_text()
+    text = resources.files("repscope").joinpath("arch_names", filename).read_text()
     return tuple(line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#"))
 
 

@@ -1,4 +1,4 @@
-"""Regenerate repscope/data/{timm,torchvision}_models.txt from the installed timm and torchvision.
+"""Regenerate repscope/arch_names/{timm,torchvision}_models.txt from the installed timm and torchvision.
 
 The API validates `arch` against these lists without importing either library (repscope.architectures);
 tests/unit/test_checkpoint_fields.py checks they equal the installed libraries' lists.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[1] / "repscope" / "data"
+DATA = Path(__file__).resolve().parents[1] / "repscope" / "arch_names"
 
 
 def current_lists() -> dict[str, tuple[str, list[str]]]:

@@ -29,9 +29,9 @@ SAVE_HINT = "safe_serialization=True"
 
 
 def test_name_lists_equal_the_installed_libraries():
-    timm = pytest.importorskip("timm", reason="timm is not installed: cannot compare repscope/data/timm_models.txt")
+    timm = pytest.importorskip("timm", reason="timm is not installed: cannot compare repscope/arch_names/timm_models.txt")
     tv_models = pytest.importorskip("torchvision.models", reason="torchvision is not installed: cannot compare "
-                                                                 "repscope/data/torchvision_models.txt")
+                                                                 "repscope/arch_names/torchvision_models.txt")
     stale = "stale: run scripts/update_arch_names.py"
     assert architectures._read_names("timm_models.txt") == tuple(timm.list_models()), stale
     assert architectures._read_names("torchvision_models.txt") == tuple(tv_models.list_models(module=tv_models)), stale
@@ -282,11 +282,11 @@ def test_client_uploads_folders_and_modules(api, client, hf_folder, tmp_path, mo
     assert (params["mean"], params["crop"]) == ([0.5, 0.5, 0.5], 32)
     timm = pytest.importorskip("timm")
     net = timm.create_model("test_resnet", pretrained=False, num_classes=0)
-    weights = run.log_checkpoint(3, net, arch_kwargs={"num_classes": 0}).result()
+    weights = run.log_checkpoint(3, net, arch_kwargs={"drop_rate": 0.0}).result()
     assert weights.artifact.format == "state_dict" and weights.artifact.meta["arch"] == "test_resnet"
     assert weights.artifact.meta["n_params"] == sum(v.numel() for v in net.state_dict().values())
     assert embed_params(api, {"evaluations": [e.model_dump() for e in weights.evaluations]})["arch_kwargs"] == {
-        "num_classes": 0}
+        "drop_rate": 0.0}
     assert list(scratch.iterdir()) == []  # every temp zip, folder and state_dict removed once uploaded
 
 

@@ -33,9 +33,12 @@ out = run_job(job, model, None, source=FolderSource(listed.folder, listed.paths,
               progress=lambda f, m: None)
 z = out.arrays["embeddings"]
 keep = np.setdiff1d(np.arange(len(listed.paths)), out.unreadable)
+# This process's own peak (VmHWM belongs to its memory map; ru_maxrss would carry pytest's RSS over the exec), and
+# its children's: ru_maxrss of the sandboxed child and its loader workers, an upper bound (it includes this
+# process's RSS at the fork).
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"rows": int(len(z[keep])), "classes": len(listed.classes), "finite": bool(np.isfinite(z).all()),
-                  "self_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "child_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+                  "self_mb": hwm / 1024, "child_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
