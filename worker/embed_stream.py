@@ -30,11 +30,11 @@ from worker.datasets import transforms as T
 from worker.datasets.eval_transform import pil_transform
 from worker.datasets.folders import SHARD_SEP, display_name, item_bytes
 from worker.datasets.preprocessing import Preprocessing, stats
+from worker.datasets.readers import MAX_IMAGE_PIXELS  # refused before decoding, as for in-memory datasets
 from worker.models.features import encode
 from worker.suites.base import ProgressFn, no_progress
 from worker.suites.common.device import resolve_device
 
-MAX_IMAGE_PIXELS = 4096 * 4096  # as worker.datasets.readers: refused before decoding
 # A folder of images of many sizes needs one input size; encoders with none of their own (TorchScript, export)
 # get the usual ImageNet evaluation: shorter side 256, centre crop 224.
 FOLDER_DEFAULT = {"resize": 256, "crop": 224}

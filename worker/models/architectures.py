@@ -24,8 +24,8 @@ from repscope import architectures as names
 from worker.datasets.preprocessing import Preprocessing
 
 from . import cifar
+from .features import POOLS
 
-POOLS = ("cls", "mean")
 TIMM_TOKEN_POOL = {"cls": "token", "mean": "avg"}  # timm VisionTransformer global_pool values
 
 
