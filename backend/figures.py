@@ -296,8 +296,71 @@ def image(pixels: list, title: str) -> dict[str, Any]:
     return {"data": [trace], "layout": layout}
 
 
+def pool_roc_chart(roc: dict[str, Any]) -> dict[str, Any] | None:
+    """The pool scan's ROC curve of every score against the ground-truth poison flags, with chance."""
+    if not roc:
+        return None
+    data = [{"type": "scatter", "mode": "lines", "name": name, "x": curve.get("fpr", []), "y": curve.get("tpr", []),
+             "hovertemplate": f"{name}<br>FPR %{{x:.3f}}<br>TPR %{{y:.3f}}<extra></extra>"}
+            for name, curve in roc.items()]
+    data.append({"type": "scatter", "mode": "lines", "name": "chance", "x": [0, 1], "y": [0, 1],
+                 "line": {"dash": "dot", "color": "#999"}, "hoverinfo": "skip"})
+    return {"data": data, "layout": _layout("Pool scan: ROC of each score against the poison flags",
+                                            "false-positive rate (clean samples flagged)",
+                                            "true-positive rate (poisons found)", hovermode="closest",
+                                            xaxis={"range": [0, 1]}, yaxis={"range": [0, 1.02]})}
+
+
+def pool_histogram_chart(hists: dict[str, Any]) -> dict[str, Any] | None:
+    """Score histograms of the pool scan, one score at a time (buttons switch), poisons stacked on clean rows
+    when flags were given."""
+    if not hists:
+        return None
+    data, owner = [], []
+    for i, (name, h) in enumerate(hists.items()):
+        edges = [float(v) for v in h.get("edges", [])]
+        mids = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=False)]
+        width = (edges[1] - edges[0]) if len(edges) > 1 else None
+        counts = list(h.get("counts", []))
+        poison = h.get("poison_counts")
+        clean = [c - p for c, p in zip(counts, poison, strict=True)] if poison is not None else counts
+        parts = [("clean" if poison is not None else "samples", clean)]
+        if poison is not None:
+            parts.append(("poisoned", list(poison)))
+        for label, ys in parts:
+            data.append({"type": "bar", "name": f"{label}", "x": mids, "y": ys, "width": width, "visible": i == 0,
+                         "legendgroup": label, "meta": name,
+                         "hovertemplate": f"{name} ≈ %{{x:.3g}}<br>{label}: %{{y}}<extra></extra>"})
+            owner.append(name)
+    names = list(hists)
+    buttons = [{"label": name, "method": "update",
+                "args": [{"visible": [o == name for o in owner]}, {"xaxis.title.text": f"{name} score"}]}
+               for name in names]
+    layout = _layout("Pool scan: score histogram (higher = more suspicious)", f"{names[0]} score", "samples",
+                     barmode="stack", hovermode="closest")
+    layout["updatemenus"] = [{"type": "buttons", "direction": "right", "x": 0, "y": 1.18, "xanchor": "left",
+                              "buttons": buttons, "showactive": True}]
+    layout["margin"]["t"] = 90
+    return {"data": data, "layout": layout}
+
+
+def decree_trace_chart(decree: dict[str, Any]) -> dict[str, Any] | None:
+    """DECREE's optimisation: the batch cosine and the mask's PL1 against the step."""
+    trace = decree.get("trace") or {}
+    if not trace.get("step"):
+        return None
+    data = [{"type": "scatter", "mode": "lines", "name": "batch cosine", "x": trace["step"], "y": trace.get("cos", [])},
+            {"type": "scatter", "mode": "lines", "name": "PL1 of the mask", "x": trace["step"],
+             "y": trace.get("pl1", []), "yaxis": "y2"}]
+    return {"data": data, "layout": _layout("DECREE search: stamped-batch cosine and mask size", "step",
+                                            "mean pairwise cosine", hovermode="x unified",
+                                            yaxis2={"title": {"text": "PL1"}, "overlaying": "y", "side": "right",
+                                                    "rangemode": "tozero"})}
+
+
 def backdoor_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per-trigger collapse against its control, and DECREE's recovered mask, pattern and stamp."""
+    """Per-trigger collapse against its control; DECREE's recovered mask, pattern, stamp and search trace; the
+    pool scan's ROC curves and score histograms (its top suspicious samples are a table on the page)."""
     charts = []
     rows = figs.get("triggers") or []
     if rows:
@@ -316,6 +379,9 @@ def backdoor_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
     for key, title in (("mask", "DECREE mask m"), ("pattern", "DECREE pattern p"), ("stamp", "stamp m·p")):
         if decree.get(key):
             charts.append(image(decree[key], title))
+    built = (decree_trace_chart(decree), pool_roc_chart(figs.get("roc") or {}),
+             pool_histogram_chart(figs.get("histograms") or {}))
+    charts.extend(c for c in built if c is not None)
     return charts
 
 

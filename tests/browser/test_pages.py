@@ -215,6 +215,49 @@ def test_failed_evaluation_page_shows_error(browser, instance):
     page.close()
 
 
+def test_pool_scan_page_draws_roc_histograms_and_top_samples(browser, instance):
+    """A pool with 8 planted rows (a tight far-away group): the evaluation page draws one ROC curve per score
+    from the result, the histogram of each score, and the top-suspicious table whose first rows are the
+    planted ones."""
+    url = instance
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=(400, 16)).astype(np.float32)
+    poison = np.zeros(400, dtype=np.int64)
+    planted = rng.choice(400, 8, replace=False)
+    poison[planted] = 1
+    z[planted] = 4.0 + 0.01 * rng.normal(size=(8, 16))
+    run = repscope.Client(url).run(project="browser-pool", name="poisoned")
+    ids = run.log_embeddings(step=1, embeddings=z, poison=poison, suites=["backdoor"])
+    ev = repscope.Client(url).wait(ids, timeout=120)[0]
+    assert ev.status == "succeeded", ev.error
+    figs = ev.result["figures"]
+    page = browser.new_page(viewport=VIEWPORT)
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{url}/evaluations/{ids[0]}")
+    page.wait_for_function("() => [...document.querySelectorAll('.plot')].every(el => el.data)")
+    drawn = page.evaluate("() => [...document.querySelectorAll('.plot')].map(el => ({title: el.layout.title.text, "
+                          "traces: el.data.map(t => ({name: t.name, y: t.y}))}))")
+    titles = [d["title"] for d in drawn]
+    roc = next(d for d in drawn if d["title"].startswith("Pool scan: ROC"))
+    assert [t["name"] for t in roc["traces"]][:-1] == list(figs["roc"])
+    assert roc["traces"][0]["y"] == figs["roc"][roc["traces"][0]["name"]]["tpr"]
+    assert any(t.startswith("Pool scan: score histogram") for t in titles)
+    first = page.locator("#top-suspicious details[open]")
+    assert first.count() == 1
+    score = first.get_attribute("data-score")
+    rows = first.locator("tbody tr")
+    top = figs["top_suspicious"][score]
+    assert rows.count() == len(top["indices"])
+    shown_rows = [int(rows.nth(i).locator("td").nth(1).inner_text()) for i in range(8)]
+    assert shown_rows == top["indices"][:8]
+    assert set(shown_rows) == {int(i) for i in planted}  # the planted group leads every label-free ranking here
+    assert all(rows.nth(i).locator("td").nth(3).inner_text() == "yes" for i in range(8))
+    shot(page, "evaluation-pool-scan")
+    assert not errors, errors
+    page.close()
+
+
 def test_run_page_updates_live_without_reload(browser, instance):
     """Queued work appears, progresses and lands on the chart while the page stays loaded."""
     url = instance

@@ -172,3 +172,36 @@ def test_equivariance_and_backdoor_charts_show_the_suite_output():
     assert bd[0]["data"][0]["y"] == [0.9] and bd[0]["data"][1]["y"] == [0.2]
     assert bd[1]["data"][0]["type"] == "heatmap" and bd[1]["data"][0]["z"][2][2] == 255
     assert bd[2]["data"][0]["type"] == "image" and bd[2]["data"][0]["z"][0][0] == [128, 128, 128]
+
+
+def test_pool_scan_charts_draw_roc_histograms_and_the_decree_trace():
+    """The pool page's ROC curves are the result's own points; each histogram button shows one score's bars
+    whose clean + poisoned heights are the result's counts; the DECREE trace is drawn on two axes."""
+    from worker.suites.backdoor import scan_pool
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 16)).astype(np.float32)
+    poison = np.zeros(300, dtype=int)
+    poison[:6] = 1
+    z[:6] = 3.0 + 0.01 * rng.normal(size=(6, 16))  # a tight planted group
+    figs = scan_pool(z, poison=poison).to_json()["figures"]
+    charts = figures.suite_charts("backdoor", figs)
+    roc = next(c for c in charts if c["layout"]["title"]["text"].startswith("Pool scan: ROC"))
+    names = [t["name"] for t in roc["data"]]
+    assert names[:-1] == list(figs["roc"]) and names[-1] == "chance"
+    first = roc["data"][0]
+    assert first["x"] == figs["roc"][first["name"]]["fpr"] and first["y"] == figs["roc"][first["name"]]["tpr"]
+    hist = next(c for c in charts if c["layout"]["title"]["text"].startswith("Pool scan: score histogram"))
+    buttons = hist["layout"]["updatemenus"][0]["buttons"]
+    assert [b["label"] for b in buttons] == list(figs["histograms"])
+    for b in buttons:
+        shown = [t for t, vis in zip(hist["data"], b["args"][0]["visible"], strict=True) if vis]
+        h = figs["histograms"][b["label"]]
+        assert [t["name"] for t in shown] == ["clean", "poisoned"]
+        assert [c + p for c, p in zip(shown[0]["y"], shown[1]["y"], strict=True)] == h["counts"]
+        assert shown[1]["y"] == h["poison_counts"] and sum(shown[1]["y"]) == 6
+    assert [t["visible"] for t in hist["data"]].count(True) == 2
+    trace = figures.decree_trace_chart({"trace": {"step": [0, 1, 2], "cos": [0.2, 0.5, 0.99], "pl1": [0.5, 0.3, 0.1]}})
+    assert trace["data"][1]["yaxis"] == "y2" and trace["data"][0]["y"] == [0.2, 0.5, 0.99]
+    assert figures.decree_trace_chart({}) is None and figures.pool_roc_chart({}) is None
+    json.dumps(charts)
