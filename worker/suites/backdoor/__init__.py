@@ -13,7 +13,7 @@ Two entry points (pure: tensors and arrays in, a SuiteResult out; no I/O), the c
 
 Modules:
   triggers      the attacks' stamps (BadEncoder, SSL-Backdoor, CTRL, grid, blend) and their control stamps
-  dct           CTRL's frequency domain: BT.601 YCrCb and the orthonormal block DCT
+  dct           CTRL's frequency domain: kornia's YUV and the orthonormal block DCT
   collapse      mean pairwise cosine, known-trigger collapse and k-NN attack success
   decree        DECREE trigger inversion (PL1)
   risk          the verdict backdoor_risk

@@ -1,11 +1,22 @@
-"""CTRL's frequency domain (Li et al., ICCV 2023): BT.601 YCrCb and the orthonormal 2-D DCT-II in blocks,
-shared by the CTRL trigger (triggers.ctrl) and the pool scan's CTRL energy (image_scores.ctrl_energy).
+"""CTRL's frequency domain (Li et al., ICCV 2023): YUV and the orthonormal 2-D DCT-II in blocks, shared by the
+CTRL trigger (triggers.ctrl) and the pool scan's CTRL energy (image_scores.ctrl_energy).
 
-Colour transform (CTRL's code uses OpenCV's COLOR_RGB2YCrCb, ITU-R BT.601 full range):
-    Y = 0.299 R + 0.587 G + 0.114 B,  Cr = 0.713 (R − Y) + 128,  Cb = 0.564 (B − Y) + 128.
-The inverse is the exact matrix inverse (OpenCV rounds its inverse coefficients and, in CTRL's code, rounds
-YCrCb to uint8 in between); here everything stays float64, so without a trigger the round trip returns the
-input exactly after the final rounding. Channel order Y, Cr, Cb as OpenCV: CTRL's `channel_list = [1, 2]`.
+Colour transform: CTRL's training path, ``PoisonFre(..., rgb2yuv=True)`` (CTRL's main_train.py:157), converts with
+``kornia.color.rgb_to_yuv`` / ``yuv_to_rgb`` (utils/frequency.py:275–289, meet-cjli/CTRL @ e3d26f0), kornia pinned
+at 0.6.5 in its requirements.txt. kornia's YUV is BT.470 M/PAL, linear, no offset (U, V centred at 0), so it
+gives the same result on 0–255 as on 0–1 (CTRL converts after ×255):
+
+    Y = 0.299 R + 0.587 G + 0.114 B,  U = −0.147 R − 0.289 G + 0.436 B,  V = 0.615 R − 0.515 G − 0.100 B.
+
+The inverse is kornia ≤ 0.8's (0.6.5 included) published, rounded one, the one CTRL ran:
+
+    R = Y + 1.14 V,  G = Y − 0.396 U − 0.581 V,  B = Y + 2.029 U.
+
+It is not the exact inverse of the forward matrix: the round trip alone moves a pixel by ≤ 0.35 grey levels (as in
+CTRL's poisoned images). kornia 0.9 replaced it by the exact matrix inverse (YUV_INVERSE_EXACT here); the two
+give CTRL outputs ≤ 1 grey level apart after rounding. Channel order Y, U, V: CTRL's ``--channel 1 2`` is U, V.
+
+(CTRL's utils/image.py also holds an OpenCV YCrCb variant, ``poison_frequency``; main_train.py never calls it.)
 """
 
 from __future__ import annotations
@@ -14,25 +25,34 @@ from functools import lru_cache
 
 import numpy as np
 
-# BT.601 full range, as OpenCV's RGB2YCrCb: [Y, Cr, Cb] = M · [R, G, B] + offset.
-_KR, _KG, _KB = 0.299, 0.587, 0.114
-_CR_SCALE, _CB_SCALE = 0.713, 0.564
-YCRCB_MATRIX = np.array(
+# kornia.color.rgb_to_yuv (the same kernel in kornia 0.6.5 … 0.9): [Y, U, V] = YUV_MATRIX · [R, G, B].
+YUV_MATRIX = np.array(
     [
-        [_KR, _KG, _KB],
-        [_CR_SCALE * (1 - _KR), -_CR_SCALE * _KG, -_CR_SCALE * _KB],
-        [-_CB_SCALE * _KR, -_CB_SCALE * _KG, _CB_SCALE * (1 - _KB)],
+        [0.299, 0.587, 0.114],
+        [-0.147, -0.289, 0.436],
+        [0.615, -0.515, -0.100],
     ]
 )
-YCRCB_OFFSET = np.array([0.0, 128.0, 128.0])
-YCRCB_INVERSE = np.linalg.inv(YCRCB_MATRIX)
+# kornia.color.yuv_to_rgb of kornia 0.6.5 (CTRL's requirements.txt; kornia/color/yuv.py:130–132 at v0.6.5):
+# [R, G, B] = YUV_INVERSE · [Y, U, V].
+YUV_INVERSE = np.array(
+    [
+        [1.0, 0.0, 1.14],
+        [1.0, -0.396, -0.581],
+        [1.0, 2.029, 0.0],
+    ]
+)
+YUV_INVERSE_EXACT = np.linalg.inv(YUV_MATRIX)  # kornia ≥ 0.9's yuv_to_rgb
+for _m in (YUV_MATRIX, YUV_INVERSE, YUV_INVERSE_EXACT):
+    _m.setflags(write=False)
 
 
 @lru_cache(maxsize=16)
 def dct_matrix(n: int) -> np.ndarray:
     """Orthonormal DCT-II matrix C (n×n): C[k, i] = a_k cos(π (2i + 1) k / (2n)), a_0 = √(1/n), a_k = √(2/n).
 
-    y = C x is ``scipy.fft.dct(x, norm="ortho")``; C is orthogonal, so the inverse is Cᵀ."""
+    y = C x is ``scipy.fft.dct(x, norm="ortho")`` and CTRL's ``dct(x, norm='ortho')`` (torch-dct); C is
+    orthogonal, so the inverse is Cᵀ."""
     k = np.arange(n)[:, None]
     i = np.arange(n)[None, :]
     c = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
@@ -41,20 +61,22 @@ def dct_matrix(n: int) -> np.ndarray:
     return c
 
 
-def rgb_to_ycrcb(x: np.ndarray) -> np.ndarray:
-    """Float RGB (…×3, 0–255 scale) to Y, Cr, Cb (BT.601 full range, OpenCV's order and constants)."""
-    return x @ YCRCB_MATRIX.T + YCRCB_OFFSET
+def rgb_to_yuv(x: np.ndarray) -> np.ndarray:
+    """Float RGB (…×3, any scale) to Y, U, V: ``kornia.color.rgb_to_yuv`` on the last axis."""
+    return x @ YUV_MATRIX.T
 
 
-def ycrcb_to_rgb(y: np.ndarray) -> np.ndarray:
-    """Exact inverse of ``rgb_to_ycrcb``."""
-    return (y - YCRCB_OFFSET) @ YCRCB_INVERSE.T
+def yuv_to_rgb(y: np.ndarray, *, exact: bool = False) -> np.ndarray:
+    """Y, U, V (…×3) to RGB: kornia 0.6.5's ``yuv_to_rgb`` (CTRL's), or with ``exact`` the matrix inverse of
+    ``rgb_to_yuv`` (kornia ≥ 0.9)."""
+    return y @ (YUV_INVERSE_EXACT if exact else YUV_INVERSE).T
 
 
 def block_dct(x: np.ndarray, window: int) -> np.ndarray:
     """Orthonormal 2-D DCT-II of each non-overlapping window×window block over axes 1, 2 of N×H×W×C floats.
 
-    Rows and columns past the last full block are left as they are (CTRL uses 32×32 images and whole blocks)."""
+    Rows and columns past the last full block are left as they are (CTRL's code needs H and W to be multiples of
+    the window: its trigger loop indexes past the image otherwise)."""
     return _block_transform(x, window, inverse=False)
 
 

@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import triggers as trig
-from .dct import block_dct, rgb_to_ycrcb
+from .dct import block_dct, rgb_to_yuv
 
 IMAGE_CHUNK = 512  # images per chunk of the image-level scores
 
 
 def ctrl_energy(images: np.ndarray) -> np.ndarray:
-    """CTRL frequency energy per image: mean over full 32×32 blocks, the two chroma channels and CTRL's two
-    positions of the squared orthonormal DCT coefficient of YCrCb (0–255 scale); the same transform the
-    trigger uses (triggers.ctrl), so a CTRL-stamped image carries (≈ 100 + natural)² there. RGB only."""
+    """CTRL frequency energy per image: mean over full 32×32 blocks, U and V and CTRL's two positions of the
+    squared orthonormal DCT coefficient of kornia's YUV (0–255 scale, dct.rgb_to_yuv); the transform the
+    trigger uses (triggers.ctrl), so a CTRL-stamped image carries (≈ 100 + natural)² there (off by the
+    trigger's rounded inverse and the uint8 rounding only). RGB only."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError("CTRL energy needs RGB N×H×W×3 images")
@@ -23,7 +24,7 @@ def ctrl_energy(images: np.ndarray) -> np.ndarray:
     pos = trig.ctrl_positions(win)
     out = np.empty(len(images))
     for a in range(0, len(images), IMAGE_CHUNK):
-        coef = block_dct(rgb_to_ycrcb(images[a : a + IMAGE_CHUNK].astype(np.float64)), win)
+        coef = block_dct(rgb_to_yuv(images[a : a + IMAGE_CHUNK].astype(np.float64)), win)
         vals = [coef[:, r0 + pr, c0 + pc, list(trig.CTRL_CHANNELS)]
                 for r0 in range(0, (h // win) * win, win) for c0 in range(0, (w // win) * win, win)
                 for pr, pc in pos]  # fmt: skip
@@ -49,6 +50,10 @@ def grid_nyquist_energy(images: np.ndarray) -> np.ndarray:
         x = images[a : a + IMAGE_CHUNK].astype(np.float64)
         rows = np.einsum("nijc,i->njc", x, si)  # Σ_i x (−1)^i, per column
         cols = x.sum(axis=1)
-        e = (rows.sum(axis=1) ** 2 + np.einsum("njc,j->nc", cols, sj) ** 2 + np.einsum("njc,j->nc", rows, sj) ** 2)
+        e = (
+            rows.sum(axis=1) ** 2
+            + np.einsum("njc,j->nc", cols, sj) ** 2
+            + np.einsum("njc,j->nc", rows, sj) ** 2
+        )
         out[a : a + IMAGE_CHUNK] = e.mean(axis=1) / (h * w)
     return out

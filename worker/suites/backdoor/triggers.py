@@ -8,15 +8,24 @@ the image size where a recipe has a size.
 
   badencoder  BadEncoder (Jia, Liu & Gong, IEEE S&P 2022; code `trigger_pt_white_21_10_ap_replace.npz`):
               a white square, 10×10 at rows/cols 21–30 (0-based, inclusive) of a 32×32 image.
-  ssl_patch   SSL-Backdoor / hidden-trigger style (Saha et al., AAAI 2022): an opaque patch ≈ 22 % of the
-              width, pasted at a random position inside [0.10, 0.90] of the image. The attack pastes HTBA's
-              trigger PNGs, which are not shipped here; a fixed 4×4 grid of random colours (seed
-              SSL_PATTERN_SEED) upsampled to the patch size stands in for them.
+  ssl_patch   SSL-Backdoor (Saha et al., "Backdoor Attacks on Self-Supervised Learning", CVPR 2022): an
+              opaque patch ≈ 22 % of the width, pasted at a random position inside [0.10, 0.90] of the image
+              (the range of their test-time poisons). The attack pastes HTBA's trigger PNGs, which are not
+              shipped here; a fixed 4×4 grid of random colours (seed SSL_PATTERN_SEED) upsampled to the patch
+              size stands in for them.
   ctrl        CTRL (Li et al., "An Embarrassingly Simple Backdoor Attack on Self-supervised Learning",
-              ICCV 2023): ×255 → YCrCb → orthonormal 2-D DCT-II in 32×32 blocks → +100 at (15, 15) and
-              (31, 31) of the two chroma channels → inverse DCT → RGB → /255 → clamp.
-  grid        Shejwalkar et al., "The Perils of Learning From Unlabeled Data" (ICCV 2023): +30 (0–255 scale)
-              on every other pixel in both axes (rows 0, 2, 4 … × cols 0, 2, 4 …), all channels, int16, clip.
+              ICCV 2023; code meet-cjli/CTRL, utils/frequency.py PoisonFre.Poison_Frequency_Diff with
+              rgb2yuv=True as main_train.py builds it): ×255 → YUV (kornia.color.rgb_to_yuv) → orthonormal
+              2-D DCT-II in 32×32 blocks → +100 at (15, 15) and (31, 31) of U and V (channels 1, 2) → inverse
+              DCT → RGB (kornia 0.6.5's yuv_to_rgb) → /255 → clamp to [0, 1]. The colour transforms are in
+              dct.py. CTRL keeps the result as float32; here it is rounded to uint8 (≤ 0.5 grey level).
+  grid        Our recipe, after the repetitive trigger of Shejwalkar et al., "The Perils of Learning From
+              Unlabeled Data" (ICCV 2023), who publish no code: +30 (0–255 scale) on every other pixel in both
+              axes (rows 0, 2, 4 … × cols 0, 2, 4 …), all channels, int16, clip. The numbers are those of the
+              third-party reproduction in UPure (Lee et al., WACV 2025; chengyi-chris/UPure datasets/cifar.py
+              generate_trigger: intensity 30, pixel_width 1, pixel_gap 1, "Trigger A"); they were not checked
+              against Shejwalkar et al.'s paper. UPure adds in uint8, which wraps past 255 before its clip;
+              here the sum saturates at 255.
   blend       Blended injection (Chen et al. 2017, arXiv 1712.05526): x′ = (1 − 0.1)·x + 0.1·noise with a
               fixed uniform-noise image (seed BLEND_SEED).
 
@@ -27,14 +36,16 @@ that "triggered embeddings gather" can be separated from "any strong stamp moves
                               For any pixel distribution symmetric about 127.5, E[(255 − x)²] = E[(b − x)²]
                               with b uniform on {0, 255}: the same expected squared change as the white square.
   ssl_patch  → ssl_control    the same positions and size, another 4×4 random-colour pattern (seed CONTROL_SEED).
-  ctrl       → ctrl_control   the same DCT positions of the luma channel Y instead of Cr and Cb, with the
-                              magnitude scaled so the RGB-space energy is the same (the DCT is orthonormal; a
-                              unit change of channel k adds ‖M⁻¹[:, k]‖² to the RGB energy): same frequencies,
-                              same energy, not the chroma pattern the attack plants.
+  ctrl       → ctrl_control   the same DCT positions of the luma channel Y instead of U and V, with the
+                              magnitude scaled so the RGB-space energy is the same before clipping: the trigger
+                              puts the same spatial pattern p on U and V, so RGB changes by (M⁻¹[:, 1] +
+                              M⁻¹[:, 2])·p, energy ‖M⁻¹[:, 1] + M⁻¹[:, 2]‖²·‖p‖² (M⁻¹ = dct.YUV_INVERSE; the DCT
+                              is orthonormal); luma adds ‖M⁻¹[:, 0]‖² = 3 per unit. Same frequencies, same
+                              energy, not the chroma pattern the attack plants.
   grid       → grid_shifted   the grid moved by one pixel in both axes (rows/cols 1, 3, 5 …): same energy.
   blend      → blend_control  the same α with another noise image (seed CONTROL_SEED): same expected energy.
 
-CTRL's colour transform (BT.601 YCrCb, OpenCV's constants) and block DCT are in dct.py.
+CTRL's colour transform (kornia's YUV) and block DCT are in dct.py.
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dct import YCRCB_INVERSE, block_dct, block_idct, rgb_to_ycrcb, ycrcb_to_rgb
+from .dct import YUV_INVERSE, block_dct, block_idct, rgb_to_yuv, yuv_to_rgb
 from .dct import dct_matrix as dct_matrix  # re-exported: triggers.dct_matrix
 
 # --- protocol constants -------------------------------------------------------------------------------
@@ -59,13 +70,14 @@ SSL_PATCH_FRACTION = 0.22
 SSL_PATCH_RANGE = (0.10, 0.90)
 SSL_PATTERN_CELLS = 4  # the stand-in pattern: 4×4 cells of random colour
 SSL_PATTERN_SEED = 1
-# CTRL (Li et al. 2023, their code's defaults for CIFAR-10).
+# CTRL (Li et al. 2023): the README's CIFAR-10 command, --window_size 32 --trigger_position 15 31
+# (PoisonFre pairs each with itself) --magnitude 100.0 --channel 1 2.
 CTRL_WINDOW = 32
 CTRL_POSITIONS = ((15, 15), (31, 31))
 CTRL_MAGNITUDE = 100.0
-CTRL_CHANNELS = (1, 2)  # Cr, Cb in OpenCV's Y, Cr, Cb order
+CTRL_CHANNELS = (1, 2)  # U, V in kornia's Y, U, V order
 CTRL_CONTROL_CHANNELS = (0,)  # luma: the control stamp
-# Grid (Shejwalkar et al. 2023).
+# Grid: our recipe (module docstring), the numbers of UPure's reproduction of Shejwalkar et al. 2023.
 GRID_DELTA = 30
 # Blend (Chen et al. 2017).
 BLEND_ALPHA = 0.1
@@ -73,11 +85,17 @@ BLEND_SEED = 2
 # Controls.
 CONTROL_SEED = 12_345
 
-# Luma magnitude of CTRL's control stamp with the RGB energy of +100 on both chroma channels (≈ 138).
+
+def _stamp_gain(channels: tuple[int, ...]) -> float:
+    """RGB energy per unit of energy of a spatial pattern added to all of `channels` of YUV: ‖Σ_k M⁻¹[:, k]‖²."""
+    col = YUV_INVERSE[:, list(channels)].sum(axis=1)
+    return float(col @ col)
+
+
+# Luma magnitude of CTRL's control stamp with the RGB energy of +100 on U and V (≈ 145.7 = 100·√(6.371 / 3)).
 CTRL_CONTROL_MAGNITUDE = CTRL_MAGNITUDE * float(
-    np.sqrt(sum((YCRCB_INVERSE[:, k] ** 2).sum() for k in CTRL_CHANNELS)
-            / sum((YCRCB_INVERSE[:, k] ** 2).sum() for k in CTRL_CONTROL_CHANNELS))
-)  # fmt: skip
+    np.sqrt(_stamp_gain(CTRL_CHANNELS) / _stamp_gain(CTRL_CONTROL_CHANNELS))
+)
 
 
 # --- sizes --------------------------------------------------------------------------------------------
@@ -126,7 +144,9 @@ def _random_cells(size: int, channels: int, seed: int) -> np.ndarray:
 def _check(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"triggers take uint8 N×H×W×C images with C in (1, 3), got {images.dtype} {images.shape}")
+        raise ValueError(
+            f"triggers take uint8 N×H×W×C images with C in (1, 3), got {images.dtype} {images.shape}"
+        )
     return images
 
 
@@ -180,7 +200,7 @@ def ssl_patch_control(images: np.ndarray, seed: int = 0) -> np.ndarray:
     return _paste(images, _random_cells(s, c, CONTROL_SEED), ssl_patch_positions(n, h, w, seed))
 
 
-# --- CTRL: +magnitude in the block DCT of YCrCb (dct.py) ----------------------------------------------
+# --- CTRL: +magnitude in the block DCT of YUV (dct.py) ------------------------------------------------
 
 
 def ctrl_window(height: int, width: int) -> int:
@@ -199,36 +219,43 @@ def ctrl_positions(window: int) -> tuple[tuple[int, int], ...]:
     )
 
 
-def _ctrl_stamp(images: np.ndarray, channels: tuple[int, ...], magnitude: float) -> np.ndarray:
+def ctrl_unrounded(
+    images: np.ndarray, magnitude: float = CTRL_MAGNITUDE, channels: tuple[int, ...] = CTRL_CHANNELS
+) -> np.ndarray:
+    """CTRL's stamp before the clamp, float64 RGB on the 0–255 scale: YUV → block DCT → +magnitude at
+    ``ctrl_positions`` of `channels` in every full block → inverse DCT → RGB (CTRL's Poison_Frequency_Diff
+    without its ×255 and /255)."""
     images = _check(images)
     if images.shape[-1] != 3:
-        raise ValueError("CTRL works in YCrCb and needs RGB images (C = 3)")
+        raise ValueError("CTRL works in YUV and needs RGB images (C = 3)")
     h, w = images.shape[1:3]
     window = ctrl_window(h, w)
-    coef = block_dct(rgb_to_ycrcb(images.astype(np.float64)), window)
+    coef = block_dct(rgb_to_yuv(images.astype(np.float64)), window)
     for r0 in range(0, (h // window) * window, window):
         for c0 in range(0, (w // window) * window, window):
             for pr, pc in ctrl_positions(window):
                 coef[:, r0 + pr, c0 + pc, list(channels)] += magnitude
-    return _to_uint8(ycrcb_to_rgb(block_idct(coef, window)))
+    return yuv_to_rgb(block_idct(coef, window))
 
 
 def ctrl(images: np.ndarray, seed: int = 0, magnitude: float = CTRL_MAGNITUDE) -> np.ndarray:  # noqa: ARG001
-    """CTRL's frequency trigger (module docstring): +magnitude at CTRL_POSITIONS of Cr and Cb in every block."""
-    return _ctrl_stamp(images, CTRL_CHANNELS, magnitude)
+    """CTRL's frequency trigger (module docstring): +magnitude at CTRL_POSITIONS of U and V in every block,
+    clamped and rounded to uint8."""
+    return _to_uint8(ctrl_unrounded(images, magnitude, CTRL_CHANNELS))
 
 
 def ctrl_control(images: np.ndarray, seed: int = 0) -> np.ndarray:  # noqa: ARG001
     """Control for ``ctrl``: the stamp on the luma channel only, CTRL_CONTROL_MAGNITUDE so the RGB energy is
     the trigger's (same frequencies, same energy)."""
-    return _ctrl_stamp(images, CTRL_CONTROL_CHANNELS, CTRL_CONTROL_MAGNITUDE)
+    return _to_uint8(ctrl_unrounded(images, CTRL_CONTROL_MAGNITUDE, CTRL_CONTROL_CHANNELS))
 
 
 # --- grid and blend -----------------------------------------------------------------------------------
 
 
 def grid(images: np.ndarray, seed: int = 0, offset: int = 0) -> np.ndarray:  # noqa: ARG001
-    """Shejwalkar et al.'s grid: +30 at rows offset, offset+2, … × cols offset, offset+2, …, int16, clipped."""
+    """The grid (our recipe after Shejwalkar et al.; numbers from UPure's reproduction, module docstring): +30 at
+    rows offset, offset+2, … × cols offset, offset+2, …, int16, clipped."""
     x = _check(images).astype(np.int16)
     x[:, offset::2, offset::2, :] += GRID_DELTA
     return np.clip(x, 0, 255).astype(np.uint8)
@@ -280,13 +307,17 @@ class Trigger:
 
 TRIGGERS: dict[str, Trigger] = {
     "badencoder": Trigger("badencoder", badencoder_patch, random_patch_control, "random_patch", False,
-                          "BadEncoder (Jia et al., IEEE S&P 2022): white 10×10 at rows/cols 21–30 of 32×32"),
+                          "BadEncoder (Jia et al., IEEE S&P 2022; trigger_pt_white_21_10_ap_replace.npz): "
+                          "white 10×10 at rows/cols 21–30 of 32×32"),
     "ssl_patch": Trigger("ssl_patch", ssl_patch, ssl_patch_control, "ssl_control", False,
-                         "SSL-Backdoor (Saha et al., AAAI 2022): 22 % patch at a random place in [0.1, 0.9]"),
+                         "SSL-Backdoor (Saha et al., CVPR 2022): 22 % patch at a random place in [0.1, 0.9]; "
+                         "our random-colour stand-in for HTBA's trigger images"),
     "ctrl": Trigger("ctrl", ctrl, ctrl_control, "ctrl_luma", True,
-                    "CTRL (Li et al., ICCV 2023): +100 at DCT (15,15),(31,31) of Cr, Cb in 32×32 blocks"),
+                    "CTRL (Li et al., ICCV 2023; official code, kornia YUV): +100 at DCT (15,15),(31,31) of U, V "
+                    "in 32×32 blocks"),
     "grid": Trigger("grid", grid, grid_shifted, "grid_shifted", False,
-                    "Shejwalkar et al., ICCV 2023: +30 on every other pixel in both axes"),
+                    "our recipe after Shejwalkar et al., ICCV 2023 (no code published; numbers from UPure's "
+                    "reproduction, Lee et al., WACV 2025): +30 on every other pixel in both axes"),
     "blend": Trigger("blend", blend, blend_control, "blend_other_noise", False,
                      "Chen et al. 2017: α = 0.1 blend with a fixed noise image"),
 }  # fmt: skip
