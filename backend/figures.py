@@ -237,20 +237,26 @@ def probe_charts(figs: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def invariance_curves(fig: dict[str, Any]) -> dict[str, Any] | None:
-    """Mean cos(f(x), f(Tx)) per family against the strength, strengths scaled to each family's largest."""
+    """The ranked invariance per family against the strength (strengths scaled to each family's largest): the
+    relative invariance 1 − E‖f(gx) − f(x)‖² / E_{i≠j}‖f(gx_j) − f(x_i)‖² (Bouchacourt et al. 2021); results
+    stored before it existed show their mean cosine instead, and say so in the title."""
     if not fig:
         return None
+    relative = all(curve.get("relative") for curve in fig.values())
+    key, label = ("relative", "relative invariance") if relative else ("mean_cosine", "cos")
     data = []
     for family, curve in fig.items():
         strengths = [float(v) for v in curve.get("strength", [])]
         top = max((abs(v) for v in strengths), default=0.0) or 1.0
         unit = curve.get("unit", "")
         data.append({"type": "scatter", "mode": "lines+markers", "name": family,
-                     "x": [v / top for v in strengths], "y": curve.get("mean_cosine", []),
+                     "x": [v / top for v in strengths], "y": curve.get(key, []),
                      "customdata": strengths,
-                     "hovertemplate": f"{family}<br>strength %{{customdata:g}} {unit}<br>cos %{{y:.3f}}<extra></extra>"})
-    return {"data": data, "layout": _layout("Invariance: mean cos(f(x), f(Tx)) per transformation family",
-                                            "strength (fraction of the family's largest)", "mean cosine",
+                     "hovertemplate": f"{family}<br>strength %{{customdata:g}} {unit}<br>{label} %{{y:.3f}}<extra></extra>"})
+    title = ("Invariance per transformation family: 1 − ‖f(gx) − f(x)‖² / ‖f(gx′) − f(x)‖² (1 = invariant, "
+             "0 = as far as another image)" if relative else "Invariance: mean cos(f(x), f(Tx)) per transformation family")
+    return {"data": data, "layout": _layout(title, "strength (fraction of the family's largest)",
+                                            "relative invariance" if relative else "mean cosine",
                                             hovermode="closest")}
 
 

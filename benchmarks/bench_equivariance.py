@@ -25,6 +25,8 @@ from worker.suites.equivariance import FAMILY_NAMES, run_equivariance
 
 SEED = 0
 ROWS = (
+    ("invariance_rel_rotation", "rotation ±5–45°: relative invariance (ranked)"),
+    ("invariance_rel_rot90", "rot90: relative invariance (ranked)"),
     ("invariance_auc_rotation", "rotation ±5–45°: AUC of mean cosine"),
     ("invariance_normalized_auc_rotation", "rotation ±5–45°: AUC, shuffle-corrected / value at 0"),
     ("invariance_normalized_auc_rot90", "rot90: AUC, shuffle-corrected / value at 0"),
@@ -42,6 +44,7 @@ ROWS = (
     ("r2_mlp_translation", "translation R², MLP"),
     ("equi_r2_mean", "equi_r2_mean (MLP; rotation, colour, blur, translation)"),
     ("equi_r2_mean_linear", "equi_r2_mean_linear"),
+    ("invariance_rel_mean", "invariance_rel_mean (ranked)"),
     ("invariance_auc_mean", "invariance_auc_mean"),
     ("invariance_normalized_auc_mean", "invariance_normalized_auc_mean"),
     ("equi_mrr_mean", "equi_mrr_mean"),
@@ -104,12 +107,12 @@ def main(argv: list[str] | None = None) -> str:
     ]
     for key, label in ROWS:
         lines.append(f"| {label} | " + " | ".join(_fmt(m[k].get(key)) for k in names) + " |")
-    lines += ["", "Per family (invariance: normalised AUC; B: R² with the MLP head, or balanced accuracy):", ""]
+    lines += ["", "Per family (invariance: relative invariance; B: R² with the MLP head, or balanced accuracy):", ""]
     lines += ["| family | " + " | ".join(f"{k}: inv / B" for k in names) + " |", "|---|" + "---|" * len(names)]
     for fam in FAMILY_NAMES:
         cells = []
         for k in names:
-            inv = m[k].get(f"invariance_normalized_auc_{fam}")
+            inv = m[k].get(f"invariance_rel_{fam}")
             b = m[k].get(f"r2_mlp_{fam}", m[k].get(f"balacc_mlp_{fam}"))
             cells.append(f"{_fmt(inv)} / {_fmt(b)}")
         lines.append(f"| {fam} | " + " | ".join(cells) + " |")
@@ -124,8 +127,8 @@ def main(argv: list[str] | None = None) -> str:
     lines += [
         "",
         "Expectation (rotation-augmented = more rotation-invariant, less rotation information). Measured: "
-        f"rot90 invariance {compare('invariance_normalized_auc_rot90', 'higher', 'lower', 0.002)}; "
-        f"±45° invariance {compare('invariance_normalized_auc_rotation', 'higher', 'lower', 0.002)}; "
+        f"rot90 invariance {compare('invariance_rel_rot90', 'higher', 'lower', 0.002)}; "
+        f"±45° invariance {compare('invariance_rel_rotation', 'higher', 'lower', 0.002)}; "
         f"rot90 information {compare('balacc_mlp_rot90', 'higher', 'lower', 0.02)}; "
         f"±45° information {compare('r2_mlp_rotation', 'higher', 'lower', 0.02)}. "
         "Caveat: shapes are drawn at uniformly random orientations, so a rotated shapes image is just another "

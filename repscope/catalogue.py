@@ -170,12 +170,15 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("equi_r2_mean", "equivariance R² (mean)", _E, "equivariance", unit="R², ≤ 1", label_free=True),
     MetricSpec("equi_r2_mean_linear", "equivariance R² (mean, linear head)", _E, "equivariance", unit="R², ≤ 1",
                label_free=True),
-    MetricSpec("invariance_auc_mean", "invariance AUC (mean)", _E, "equivariance",
-               unit="area under the mean-cosine curve", label_free=True),
+    MetricSpec("invariance_rel_mean", "relative invariance (mean)", _E, "equivariance",
+               unit="1 − change under g / distance to other images, ≤ 1 (1 invariant, 0 as far as another image)",
+               label_free=True),
+    MetricSpec("invariance_auc_mean", "invariance AUC (mean)", _E, "equivariance", "none",
+               unit="area under the mean-cosine curve (a feature offset moves it: not ranked)", label_free=True),
     MetricSpec("invariance_corrected_auc_mean", "invariance AUC, shuffle-corrected (mean)", _E, "equivariance",
-               unit="area under the corrected curve", label_free=True),
-    MetricSpec("invariance_normalized_auc_mean", "invariance AUC, normalised (mean)", _E, "equivariance",
-               unit="area under the normalised curve", label_free=True),
+               "none", unit="area under the corrected curve (not ranked)", label_free=True),
+    MetricSpec("invariance_normalized_auc_mean", "invariance AUC, normalised (mean)", _E, "equivariance", "none",
+               unit="area under the normalised curve (not ranked)", label_free=True),
     MetricSpec("equi_mrr_mean", "equivariance MRR (mean)", _E, "equivariance", unit="(0, 1]", label_free=True),
     MetricSpec("equi_mrr_identity_mean", "equivariance MRR, identity map (mean)", _E, "equivariance",
                unit="(0, 1]", label_free=True),
@@ -185,12 +188,14 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("rot4_single_view_acc_mlp", "4-way rotation accuracy, single view (MLP head)", _E, unit=FRACTION,
                label_free=True),
     # equivariance: per family
-    MetricSpec("invariance_auc_{family}", "invariance AUC ({family})", _E, "equivariance",
-               unit="area under the mean-cosine curve", label_free=True),
+    MetricSpec("invariance_rel_{family}", "relative invariance ({family})", _E, "equivariance",
+               unit="1 − change under g / distance to other images, ≤ 1", label_free=True),
+    MetricSpec("invariance_auc_{family}", "invariance AUC ({family})", _E, "equivariance", "none",
+               unit="area under the mean-cosine curve (not ranked)", label_free=True),
     MetricSpec("invariance_corrected_auc_{family}", "invariance AUC, shuffle-corrected ({family})", _E,
-               "equivariance", unit="area under the corrected curve", label_free=True),
+               "equivariance", "none", unit="area under the corrected curve (not ranked)", label_free=True),
     MetricSpec("invariance_normalized_auc_{family}", "invariance AUC, normalised ({family})", _E, "equivariance",
-               unit="area under the normalised curve", label_free=True),
+               "none", unit="area under the normalised curve (not ranked)", label_free=True),
     MetricSpec("relerr_{family}", "equivariance map relative error ({family})", _E,
                unit="‖f(gx) − M_g f(x)‖² / ‖f(gx) − mean‖², ≥ 0", label_free=True, direction="lower"),
     MetricSpec("relerr_identity_{family}", "identity map relative error ({family})", _E, unit="≥ 0",
@@ -238,10 +243,10 @@ METRICS: tuple[MetricSpec, ...] = (
 )
 
 # Views, each in its page's order (every key is a catalogue key).
-HEADLINE = ("rankme", "alpha_req", "linear_top1", "knn20_top1", "equi_r2_mean", "invariance_auc_mean",
+HEADLINE = ("rankme", "alpha_req", "linear_top1", "knn20_top1", "equi_r2_mean", "invariance_rel_mean",
             "equi_mrr_mean", "backdoor_risk")  # compare page: curves shown first
 RADAR = ("rankme", "rankme_centered", "stable_rank", "alpha_req", "uniformity", "linear_top1", "knn20_top1",
-         "openset_auroc_msp", "equi_r2_mean", "invariance_auc_mean", "equi_mrr_mean",
+         "openset_auroc_msp", "equi_r2_mean", "invariance_rel_mean", "equi_mrr_mean",
          "backdoor_risk")  # compare page: radar axes (those with a direction)
 TABLE_COLUMNS = ("rankme", "alpha_req", "linear_top1", "knn20_top1")  # a project's runs table
 LEADERBOARD_COLUMNS = ("rankme", "linear_top1", "knn20_top1")  # a leaderboard's default metrics

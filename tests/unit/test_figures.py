@@ -159,7 +159,8 @@ def test_equivariance_and_backdoor_charts_show_the_suite_output():
     charts = figures.suite_charts("equivariance", result["figures"])
     curves, bars = charts[0], charts[1]
     rotation = next(t for t in curves["data"] if t["name"] == "rotation")
-    assert rotation["y"] == result["figures"]["invariance"]["rotation"]["mean_cosine"]
+    assert rotation["y"] == result["figures"]["invariance"]["rotation"]["relative"]
+    assert curves["layout"]["title"]["text"].startswith("Invariance per transformation family")
     assert max(rotation["x"]) == 1.0
     assert bars["data"][0]["x"] == result["figures"]["r2"]["families"]
     assert bars["data"][0]["y"] == result["figures"]["r2"]["linear"]

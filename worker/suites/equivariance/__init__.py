@@ -5,8 +5,10 @@ explicit parameters from one of 13 families (geometric, colour, blur). Every tra
 the device in plain torch, from parameters drawn with numpy generators seeded by (seed, family), and every
 choice is written into the result's variant. Three protocols:
 
-  A. invariance    cosine between f(x) and f(gx) over the strength of fixed transforms g, with a
-                   dimension-shuffled baseline (invariance.py)
+  A. invariance    relative invariance 1 − E‖f(gx) − f(x)‖² / E‖f(gx') − f(x)‖² (x' another image;
+                   Bouchacourt et al. NeurIPS 2021) over the strength of fixed transforms g — the ranked
+                   summary; also the cosine between f(x) and f(gx) with a dimension-shuffled baseline
+                   (reported, not ranked) (invariance.py)
   B. information   a head predicts T's parameters from f(x) and f(Tx) (Wang et al. 2025, arXiv 2503.18753;
                    SIE, Garrido et al. ICML 2023), or rot90 from f(Tx) alone (E-SSL, Dangovski et al. ICLR 2022)
                    (prediction.py)
@@ -16,7 +18,7 @@ choice is written into the result's variant. Three protocols:
 Modules:
   families    the families: parameters, fixed elements, random draws, B's targets
   transforms  T(x) in torch: rotate, translate, zoom, rot90, flips, colour, hue, blur; masks
-  scores      R², balanced accuracy, retrieval MRR / Hit@k with ties, curve AUC, cosine
+  scores      R², balanced accuracy, retrieval MRR / Hit@k with ties, curve AUC, cosine, relative invariance
   split       the image split (test / fit / validation) shared by B and C
   heads       closed-form ridge and SIE's MLP head
   invariance  A;  prediction  B;  structure  C
@@ -65,6 +67,7 @@ from worker.suites.equivariance.scores import (
     r2_global,
     r2_outputs,
     r2_per_output,
+    relative_invariance,
     retrieval_scores,
 )
 from worker.suites.equivariance.split import TEST_FRACTION, VAL_FRACTION, make_split
@@ -99,6 +102,6 @@ __all__ = [
     "adjust_contrast", "adjust_hue", "adjust_saturation", "apply_transform", "balanced_accuracy", "chance_mrr",
     "cosine", "curve_auc", "disc_mask", "family_rng", "flip", "gaussian_blur", "grayscale", "hsv_to_rgb",
     "invariance_curve", "luma", "make_split", "mlp_fit_predict", "r2_global", "r2_outputs", "r2_per_output",
-    "retrieval_scores", "ridge_fit", "rgb_to_hsv", "rot90", "rotate", "run_equivariance", "sample_params",
-    "structure_scores", "targets", "to_square_float", "translate", "view", "zoom",
+    "relative_invariance", "retrieval_scores", "ridge_fit", "rgb_to_hsv", "rot90", "rotate", "run_equivariance",
+    "sample_params", "structure_scores", "targets", "to_square_float", "translate", "view", "zoom",
 ]  # fmt: skip

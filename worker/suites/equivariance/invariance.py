@@ -1,5 +1,13 @@
 """A. Invariance curves over the fixed transforms g of a family (shared/METRICS.md, "Equivariance suite").
 
+The ranked summary is the relative invariance (scores.relative_invariance; Bouchacourt et al. 2021):
+rel_g = 1 − mean_i ‖f(gx_i) − f(x_i)‖² / mean_{i≠j} ‖f(gx_j) − f(x_i)‖², the change g makes to an image's
+features against the distance to another image's transformed features. It reads the features as returned (no
+normalisation): offsets cancel in the differences, a global scale in the ratio. `relative` is its curve (mean
+over the g of each strength; 1 at strength 0) and `relative_mean` the mean over the strengths > 0 — one number
+per family, each strength weighted equally, without the free point at strength 0 an area would add.
+
+Kept for the figures and for continuity (not ranked: a shared offset or the features' statistics decide them):
 cos_s = mean over images and over the g of strength s of cos(f(x), f(gx)); corrected_s = mean of
 (1 − cos(z, z_shuf)) − (1 − cos(z, z_g)), z = f(x), z_g = f(gx), z_shuf = z_g with its dimensions permuted
 (one seeded permutation per image). Curves start at strength 0 (cos 1; corrected 1 − cos(z, z_shuf)).
@@ -19,7 +27,7 @@ import numpy as np
 import torch
 
 from worker.suites.equivariance.families import Family
-from worker.suites.equivariance.scores import COS_EPS, cosine, curve_auc
+from worker.suites.equivariance.scores import COS_EPS, cosine, curve_auc, relative_invariance
 
 
 def shuffle_permutation(n: int, dim: int, seed: int, device: torch.device) -> torch.Tensor:
@@ -42,8 +50,20 @@ def _at_strength(fam: Family, z0: torch.Tensor, zs: list[torch.Tensor], perm: to
     return float(np.mean(cs)), float(np.mean(cr))
 
 
+def _relative_curve(fam: Family, z0: torch.Tensor, zs: list[torch.Tensor], strengths: list[float]
+                    ) -> tuple[list[float], list[float]]:  # fmt: skip
+    """(relative invariance per element g, its mean per strength with 1.0 at strength 0)."""
+    per_element = [relative_invariance(z0, z) for z in zs]
+    curve = [1.0]
+    for s in strengths:
+        vals = [v for (st, _), v in zip(fam.elements, per_element, strict=True) if st == s]
+        curve.append(float(np.mean(vals)))
+    return per_element, curve
+
+
 def invariance_curve(fam: Family, z0: torch.Tensor, zs: list[torch.Tensor], perm: torch.Tensor) -> dict[str, Any]:
-    """A: mean cosine and shuffled-baseline corrected score per strength (strength 0 included)."""
+    """A: relative invariance, mean cosine and shuffled-baseline corrected score per strength (strength 0
+    included), with their summaries."""
     z0_shuf = torch.gather(z0, 1, perm)
     strengths = sorted({s for s, _ in fam.elements})
     cos_curve, cor_curve = [1.0], [float((1.0 - cosine(z0, z0_shuf)).mean())]
@@ -52,12 +72,16 @@ def invariance_curve(fam: Family, z0: torch.Tensor, zs: list[torch.Tensor], perm
         cos_curve.append(c)
         cor_curve.append(cr)
     per_element = [float(cosine(z0, z).mean()) for z in zs]
+    rel_element, rel_curve = _relative_curve(fam, z0, zs, strengths)
     xs = [0.0, *strengths]
     gap = cor_curve[0]
     norm_curve = [c / gap for c in cor_curve] if gap > COS_EPS else [math.nan] * len(cor_curve)
     return {
         "strength": xs,
         "unit": fam.unit,
+        "relative": rel_curve,
+        "per_element_relative": rel_element,
+        "relative_mean": float(np.mean(rel_curve[1:])),
         "mean_cosine": cos_curve,
         "corrected": cor_curve,
         "normalized": norm_curve,

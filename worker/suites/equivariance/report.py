@@ -1,11 +1,12 @@
 """The suite's result: flat metrics with their summaries, figure data, and the variant that ran.
 
-Metric keys ({fam} a family, head ∈ {linear, mlp}): A `invariance_auc_{fam}`,
-`invariance_corrected_auc_{fam}`, `invariance_normalized_auc_{fam}`; B `r2_{head}_{fam}`,
-`r2global_{head}_{fam}` (continuous), `balacc_{head}_{fam}` (discrete), `rot4_single_view_acc[_mlp]`; C
-`relerr[_identity]_{fam}`, `mrr[_identity]_{fam}`, `hit{1,5,10}_{fam}`. Summaries (leaderboards, radar):
-`equi_r2_mean` = mean of `r2_mlp_{fam}` over rotation, colour, blur, translation (Wang et al. 2025's four;
-`equi_r2_mean_linear` with the ridge head), `invariance_auc_mean`, `invariance_corrected_auc_mean` and
+Metric keys ({fam} a family, head ∈ {linear, mlp}): A `invariance_rel_{fam}` (relative invariance, the
+ranked one), `invariance_auc_{fam}`, `invariance_corrected_auc_{fam}`, `invariance_normalized_auc_{fam}`
+(cosine-based, reported only); B `r2_{head}_{fam}`, `r2global_{head}_{fam}` (continuous), `balacc_{head}_{fam}`
+(discrete), `rot4_single_view_acc[_mlp]`; C `relerr[_identity]_{fam}`, `mrr[_identity]_{fam}`,
+`hit{1,5,10}_{fam}`. Summaries (leaderboards, radar): `equi_r2_mean` = mean of `r2_mlp_{fam}` over rotation,
+colour, blur, translation (Wang et al. 2025's four; `equi_r2_mean_linear` with the ridge head),
+`invariance_rel_mean`, `invariance_auc_mean`, `invariance_corrected_auc_mean` and
 `invariance_normalized_auc_mean` over the families run, `equi_mrr_mean` over families with C,
 `balacc_mean_linear` / `balacc_mean_mlp` over discrete families. Non-finite values are left out.
 """
@@ -30,16 +31,25 @@ from worker.suites.equivariance.transforms import BLUR_TRUNCATE
 
 R2_SUMMARY_FAMILIES = ("rotation", "colour", "blur", "translation")  # Wang et al. 2025's four
 RADAR_AXES = (
-    ("invariance_auc_mean", "invariance (AUC of mean cosine)"),
-    ("invariance_normalized_auc_mean", "invariance, shuffle-corrected / its value at 0"),
+    ("invariance_rel_mean", "invariance, relative to other images"),
     ("equi_r2_mean", "parameter R² (MLP, Wang et al. four)"),
     ("equi_r2_mean_linear", "parameter R² (linear)"),
     ("balacc_mean_linear", "discrete balanced accuracy (linear)"),
     ("rot4_single_view_acc", "4-way rotation, single view"),
     ("equi_mrr_mean", "equivariance-map MRR"),
 )
-INVARIANCE_FIGURE_KEYS = ("strength", "unit", "mean_cosine", "corrected", "normalized", "per_element_cosine",
-                          "auc", "corrected_auc", "normalized_auc")  # fmt: skip
+INVARIANCE_FIGURE_KEYS = ("strength", "unit", "relative", "per_element_relative", "relative_mean", "mean_cosine",
+                          "corrected", "normalized", "per_element_cosine", "auc", "corrected_auc",
+                          "normalized_auc")  # fmt: skip
+INVARIANCE_RANKED = (
+    "1 − mean_i ‖f(gx_i) − f(x_i)‖² / mean_{i≠j} ‖f(gx_j) − f(x_i)‖² per fixed g (Bouchacourt et al. 2021's "
+    "relative invariance: squared L2, every pair i ≠ j as the image-shuffled baseline); "
+    "invariance_rel_{family} = mean over strengths of the mean over that strength's g"
+)
+INVARIANCE_NORMALISATION = (
+    "none: features as the encoder returns them; offsets cancel in the differences, a global scale and "
+    "orthogonal maps in the ratio (per-dimension scales do not)"
+)
 
 PerFamily = dict[str, dict[str, Any]]
 
@@ -47,6 +57,7 @@ PerFamily = dict[str, dict[str, Any]]
 def _family_metrics(m: dict[str, float], name: str, res: dict[str, Any]) -> None:
     """The per-family keys of one family's results, written into m."""
     if "invariance" in res:
+        m[f"invariance_rel_{name}"] = res["invariance"]["relative_mean"]
         for key in ("auc", "corrected_auc", "normalized_auc"):
             m[f"invariance_{key}_{name}"] = res["invariance"][key]
     if "structure" in res:
@@ -80,6 +91,7 @@ def _summaries(m: dict[str, float], names: list[str]) -> dict[str, float | None]
     return {
         "equi_r2_mean": wang("mlp"),
         "equi_r2_mean_linear": wang("linear"),
+        "invariance_rel_mean": mean_of([f"invariance_rel_{f}" for f in names]),
         "invariance_auc_mean": mean_of([f"invariance_auc_{f}" for f in names]),
         "invariance_corrected_auc_mean": mean_of([f"invariance_corrected_auc_{f}" for f in names]),
         "invariance_normalized_auc_mean": mean_of([f"invariance_normalized_auc_{f}" for f in names]),
@@ -184,6 +196,9 @@ def variant(setup: Setup, per_family: PerFamily, passes: int, dim: int) -> dict[
         "params_rng": "numpy default_rng([seed, zlib.crc32(family name)]), n_draws × n rows, draw-major",
         "n_draws": n_draws,
         "pairs": {"train": len(split.train) * n_draws, "test": len(split.test) * n_draws},
+        "invariance": {"ranked": INVARIANCE_RANKED, "normalisation": INVARIANCE_NORMALISATION,
+                       "cosine_curves": "mean cos(f(x), f(gx)) and the dimension-shuffle correction: reported, "
+                                        "not ranked"},
         "shuffle_baseline": "one permutation of the D dims per image: argsort(torch.rand(n, D, Generator(seed)))",
         "image_side": setup.side,
         "square_crop": "centre crop to min(H, W)",

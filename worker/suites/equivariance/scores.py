@@ -1,5 +1,6 @@
 """The scores the equivariance suite reports: R² (per output and SIE's global one), balanced accuracy, retrieval
-MRR / Hit@k with ties, chance MRR, curve areas and row-wise cosine. numpy float64 unless noted."""
+MRR / Hit@k with ties, chance MRR, curve areas, row-wise cosine and relative invariance. numpy float64 unless
+noted."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 HIT_KS = (1, 5, 10)
 COS_EPS = 1e-8
+REL_EPS = 1e-12  # relative_invariance: a baseline below this share of the mean ‖z‖² + ‖w‖² is 0
 
 
 def _np(a: Any) -> np.ndarray:
@@ -103,6 +105,34 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Row-wise cos(a_i, b_i) = a_i·b_i / max(‖a_i‖‖b_i‖, eps), float64 (torch)."""
     a, b = a.double(), b.double()
     return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(COS_EPS)
+
+
+def relative_invariance(z: torch.Tensor, w: torch.Tensor) -> float:
+    """1 − mean_i ‖w_i − z_i‖² / mean_{i≠j} ‖w_j − z_i‖², z = f(x) and w = f(gx) row-aligned [n, D] (n ≥ 2).
+
+    Bouchacourt et al. 2021 ("Grounding inductive biases in natural images: invariance stems from variations
+    in data", NeurIPS; their relative invariance (d(z, shuffled z_g) − d(z, z_g)) / d(z, shuffled z_g)) with
+    squared L2 distances, as a ratio of means, and the image-shuffled baseline taken over every pair i ≠ j
+    instead of one random permutation (no seed). Only differences of features enter: a constant offset added
+    to every feature vector cancels exactly, a global scale cancels in the ratio, and so does any orthogonal
+    map of feature space. 1 = f(gx) = f(x); 0 = f(gx) no closer to f(x) than another image's f(gx').
+    NaN when every view of every image has the same features (the ratio is 0/0).
+
+    Closed form in float64 after subtracting mean(z) from both (exact for any offset): Σ_{i,j}‖w_j − z_i‖² =
+    n Σ‖z_i‖² + n Σ‖w_j‖² − 2 (Σ z_i)·(Σ w_j), less the diagonal Σ_i ‖w_i − z_i‖²."""
+    z, w = z.double(), w.double()
+    n = z.shape[0]
+    if n < 2:
+        return math.nan
+    mu = z.mean(dim=0, keepdim=True)
+    z, w = z - mu, w - mu
+    same = float(((w - z) ** 2).sum())
+    every = n * float((z**2).sum()) + n * float((w**2).sum()) - 2.0 * float(z.sum(dim=0) @ w.sum(dim=0))
+    other = (every - same) / (n * (n - 1))
+    scale = (float((z**2).sum()) + float((w**2).sum())) / n
+    if not other > REL_EPS * max(scale, 1e-300):
+        return math.nan
+    return 1.0 - (same / n) / other
 
 
 def nanmean(v: list[float]) -> float:
