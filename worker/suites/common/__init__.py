@@ -4,7 +4,9 @@
   arrays    matrix_shape, native, to_tensor, check_finite (NON_FINITE), l2_normalize (NORMALIZE_EPS), to_list
   budget    MEMORY_BUDGET (512 MiB), rows_per_chunk
   sampling  subsample_rows, stratified_split
-  topk      plan_chunks, iter_topk, topk_similarity, knn_votes, knn_predict (KNN_TEMPERATURE = 0.07)
+  topk      plan_chunks, iter_topk, topk_lowest_index, topk_similarity, knn_votes, knn_votes_at, knn_predict
+            (KNN_TEMPERATURE = 0.07)
+  duplicates distinct_rows (DistinctRows.expand): identical bank rows searched once, so copies tie exactly
   roc       auroc, fpr_at_tpr, tpr_at_fpr, roc_points, roc_counts
   images    to_float, to_float_images, center_square, to_square_float, luma (LUMA)
   encode    encode_batched

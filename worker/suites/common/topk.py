@@ -8,8 +8,14 @@ weighted k-NN classifier of DINO (Caron et al., ICCV 2021, ``eval_knn.py``, afte
 
     score_c(q) = Σ_{t ∈ N_k(q), y_t = c} exp(sim(q, t) / T),   T = 0.07,   sim = cosine.
 
-Ties: exactly equal similarities at the k-th place are resolved by ``torch.topk``'s implementation-defined
-order (it may differ between devices and chunkings); with continuous features this does not occur.
+Ties (duplicate rows are common in real data): equal similarities are ordered by increasing bank row index,
+at the k-th place too (``topk_lowest_index``), so the neighbours are those of a stable descending sort of
+the full similarity row, whatever the chunking, given the same similarity values. A GEMM may round one pair
+differently in another block shape (OpenBLAS and cuBLAS alike), and two copies of one row differently in one
+product, so exact duplicates only tie if searched once: ``common.duplicates`` (used by the probes' k-NN).
+The vote adds the neighbours in that order (one column at a time, so no atomics reorder the sum on a GPU);
+equal class scores are broken by the caller (lower class index first: a stable sort, or argmax's first
+maximum).
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ from .budget import MEMORY_BUDGET, rows_per_chunk
 
 KNN_TEMPERATURE = 0.07
 MIN_QUERY_ROWS = 64  # the bank is split only when fewer query rows than this would fit the budget
+# The tie fix of ``topk_lowest_index`` works on 1/TIE_CHECK_SPLIT of a block's rows at a time: its
+# temporaries (a copy of those rows, a boolean mask and an int32/int64 key per entry) stay under ~10 % of a
+# float32 similarity block, inside the slack of the budget (and exist only where the k-th value is tied).
+TIE_CHECK_SPLIT = 32
 
 MatmulFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -80,6 +90,8 @@ def iter_topk(
 ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor]]:
     """(start, stop, values, indices) per chunk of queries: the k largest sim = prepare(q) · bankᵀ of each
     query row start..stop, descending, with their bank row indices (int64); k is clamped to the candidates.
+    Equal similarities come in increasing bank index, at the k-th place too (``topk_lowest_index`` on every
+    block and on every merge), so the answer does not depend on the plan.
 
     prepare  -- applied to each query chunk before the product (e.g. ``l2_normalize``); None: as given.
     matmul   -- the product (a @ b by default; pass another GEMM to keep its rounding).
@@ -105,16 +117,74 @@ def iter_topk(
                 if lo < hi:
                     own = torch.arange(lo, hi, device=sim.device)
                     sim[own - a, own - s] = float("-inf")
-            v, i = torch.topk(sim, min(k, sim.shape[1]), dim=1, largest=True, sorted=True)
+            v, i = topk_lowest_index(sim, k)
             i += s
             if best_v is None:
                 best_v, best_i = v, i
             else:
-                v_cat, i_cat = torch.cat([best_v, v], dim=1), torch.cat([best_i, i], dim=1)
-                best_v, pos = torch.topk(v_cat, min(k, v_cat.shape[1]), dim=1, largest=True, sorted=True)
-                best_i = i_cat.gather(1, pos)
+                best_v, best_i = topk_lowest_index(torch.cat([best_v, v], dim=1), k,
+                                                   index=torch.cat([best_i, i], dim=1))
         assert best_v is not None and best_i is not None
         yield a, a + m, best_v, best_i
+
+
+def topk_lowest_index(
+    values: torch.Tensor, k: int, *, index: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the k largest entries of each row of `values` (m, n), in decreasing value and,
+    among equal values, increasing index: the first k of a stable descending sort (``torch.topk`` alone
+    leaves the order of equal values, and which of them make the cut, to its implementation).
+
+    index -- (m, n) int64 indices of the entries, distinct within a row (e.g. the candidates of a merge);
+             None: the column positions 0..n−1. k is clamped to n.
+
+    Cost beyond ``torch.topk``: one more entry per row (the (k+1)-th tells whether the k-th value is tied
+    across the cut), a lowest-index pick on the rows where it is, and two sorts of the (m, k) result when
+    some selected values are equal. Without ties it returns torch.topk's answer.
+    """
+    m, n = int(values.shape[0]), int(values.shape[1])
+    k = min(int(k), n)
+    v, pos = torch.topk(values, min(k + 1, n), dim=1, largest=True, sorted=True)
+    if k == 0 or m == 0:
+        return v[:, :k], (pos if index is None else index.gather(1, pos))[:, :k]
+    if k < n:
+        cut = torch.nonzero(v[:, k - 1] == v[:, k]).flatten()  # the k-th value goes on past the cut
+        v, pos = v[:, :k], pos[:, :k].contiguous()
+        if cut.numel():
+            _lowest_index_at_cut(values, v, pos, index, cut)
+    idx = pos if index is None else index.gather(1, pos)
+    if k > 1 and bool((v[:, 1:] == v[:, :-1]).any()):  # equal values kept: order them by index
+        idx, order = torch.sort(idx, dim=1)
+        v, order2 = torch.sort(v.gather(1, order), dim=1, descending=True, stable=True)
+        idx = idx.gather(1, order2)
+    return v, idx
+
+
+def _lowest_index_at_cut(
+    values: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, index: torch.Tensor | None, rows: torch.Tensor
+) -> None:
+    """Rewrite pos[rows] in place, rows whose k-th value v[:, -1] is tied with an entry left out: the tied
+    slots (the last ones of each sorted row) take the tied entries of lowest index. Works on
+    ceil(m / TIE_CHECK_SPLIT) of the rows at a time."""
+    m, n = int(values.shape[0]), int(values.shape[1])
+    k = int(v.shape[1])
+    step = max(1, -(-m // TIE_CHECK_SPLIT))
+    key_dtype = torch.int32 if index is None and n < 2**31 else torch.int64
+    for a in range(0, int(rows.numel()), step):
+        r = rows[a : a + step]
+        thr = v[r, k - 1 :]
+        need = (v[r] == thr).sum(dim=1)  # the tied slots of these rows, now filled by the lowest indices
+        eq = values[r] == thr
+        if index is None:
+            neg_idx = -torch.arange(n, device=values.device, dtype=key_dtype)
+        else:
+            neg_idx = -index[r]
+        key = torch.where(eq, neg_idx, torch.iinfo(key_dtype).min)
+        del eq
+        _, lowest = torch.topk(key, int(need.max()), dim=1, largest=True, sorted=True)
+        src = torch.arange(k, device=values.device) - (k - need)[:, None]  # slot j <- lowest[j − (k − need)]
+        picked = lowest.gather(1, src.clamp(0, lowest.shape[1] - 1))
+        pos[r] = torch.where(src >= 0, picked, pos[r])
 
 
 def topk_similarity(
@@ -142,11 +212,32 @@ def knn_votes(
     sims: torch.Tensor, neighbour_labels: torch.Tensor, n_classes: int, temperature: float = KNN_TEMPERATURE
 ) -> torch.Tensor:
     """Class scores (m, n_classes) in sims' dtype: Σ over the given neighbours of exp(sim / T) into their class
-    (class indices 0..n_classes − 1). Pass sims[:, :k] and labels[:, :k] for a smaller k."""
+    (class indices 0..n_classes − 1). Pass sims[:, :k] and labels[:, :k] for a smaller k.
+
+    The neighbours are added one column at a time in their given order (nearest first), so every device sums
+    in the same order (a single scatter_add_ with repeated classes in a row is atomic, hence unordered, on a
+    GPU) and the scores do not depend on the chunking."""
     votes = torch.zeros((sims.shape[0], n_classes), dtype=sims.dtype, device=sims.device)
-    votes.scatter_add_(1, neighbour_labels, torch.exp(sims / temperature))
+    weights = torch.exp(sims / temperature)
+    for j in range(int(sims.shape[1])):
+        votes.scatter_add_(1, neighbour_labels[:, j : j + 1], weights[:, j : j + 1])
     return votes
 
+
+def knn_votes_at(
+    sims: torch.Tensor, neighbour_labels: torch.Tensor, n_classes: int, ks: list[int],
+    temperature: float = KNN_TEMPERATURE,
+) -> list[torch.Tensor]:
+    """``knn_votes(sims[:, :k], neighbour_labels[:, :k], ...)`` for every k of `ks` (each ≤ the columns), from
+    one pass over the neighbours: the same sums, in the same order."""
+    votes = torch.zeros((sims.shape[0], n_classes), dtype=sims.dtype, device=sims.device)
+    weights = torch.exp(sims / temperature)
+    snapshots = {0: votes.clone()} if 0 in ks else {}
+    for j in range(max(ks, default=0)):
+        votes.scatter_add_(1, neighbour_labels[:, j : j + 1], weights[:, j : j + 1])
+        if j + 1 in ks:
+            snapshots[j + 1] = votes.clone()
+    return [snapshots[k] for k in ks]
 
 def knn_predict(
     bank: torch.Tensor,

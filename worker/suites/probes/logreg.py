@@ -7,6 +7,12 @@ Objective per C in scikit-learn's convention (``LogisticRegression(C=C)``, lbfgs
 with W (D×K, all penalised), b (K) unpenalised, ℓ a comp-sum loss (``losses``), minimised by the batched
 L-BFGS of ``lbfgs``.
 
+Two classes. scikit-learn then fits its binary model, one weight vector w with C Σ_i ℓ_i + ½‖w‖². Softmax over
+two columns depends on w_2 − w_1 only, and for a given difference ½(‖w_1‖² + ‖w_2‖²) is smallest at
+w_2 = −w_1 = w/2, i.e. ¼‖w‖²: the two-column fit at C' equals the binary fit at 2C'. So for K = 2 the
+two-column problem is solved at C' = C / 2 (BINARY_C_FACTOR) and C keeps scikit-learn's meaning for every K:
+same predictions and probabilities as ``LogisticRegression(C=C)``, binary or multinomial.
+
 Preconditioning (an exact change of variables, same minimiser). Standardised features are rotated to their
 principal axes, Z = X_std V (V orthogonal from eigh of X_stdᵀX_std / n, so ‖W‖² is unchanged), and each C
 optimises U with W_pca = diag(s) U, s_j = (h λ_j + 1/(C n))^(−1/4), h = (1/K)(1 − 1/K) the softmax curvature
@@ -39,6 +45,8 @@ from .losses import GCE_Q, loss_q
 # half a decade apart, 10^-5 … 10^2 (DINOv2 sweeps 45 values in 10^[-6, 5]; pass `c_grid` for that).
 DEFAULT_C_GRID: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-5.0, 2.0 + 1e-9, 0.5))
 PRECONDITION_POWER = 0.25  # s_j = (h λ_j + 1/(C n))^(−1/4): the square root of the full scaling
+# K = 2: the two-column fit at C·BINARY_C_FACTOR equals scikit-learn's binary LogisticRegression(C).
+BINARY_C_FACTOR = 0.5
 
 
 @dataclass
@@ -46,10 +54,11 @@ class LogRegFit:
     """Multinomial logistic regressions, one per C, on standardised features.
 
     weights[c] (D×K) and bias[c] (K) act on standardised features x_std = (x − mean) / scale:
-    logits = x_std · W + b. ``weights[c].T`` is scikit-learn's ``coef_`` and ``bias[c]`` its ``intercept_``.
+    logits = x_std · W + b. ``weights[c].T`` is scikit-learn's ``coef_`` and ``bias[c]`` its ``intercept_``
+    (K = 2: its binary ``coef_[0]`` is weights[c][:, 1] − weights[c][:, 0], ``intercept_[0]`` likewise).
     """
 
-    c: np.ndarray  # (n_C,)
+    c: np.ndarray  # (n_C,) C in scikit-learn's convention (binary LogisticRegression(C) when K = 2)
     weights: torch.Tensor  # (n_C, D, K)
     bias: torch.Tensor  # (n_C, K)
     mean: torch.Tensor  # (D,)
@@ -57,11 +66,12 @@ class LogRegFit:
     classes: np.ndarray  # (K,) label values, sorted; column k of the logits is classes[k]
     loss: str
     q: float
-    objective: np.ndarray  # (n_C,) final f = mean loss + ‖W‖²/(2Cn), float64
+    objective: np.ndarray  # (n_C,) final f = mean loss + ‖W‖²/(2C'n), C' = c_fit, float64
     grad_max: np.ndarray  # (n_C,) final max|∇f| in the standardised basis
     n_iter: np.ndarray  # (n_C,) L-BFGS iterations
     status: list[str]  # per C: converged | precision floor | line search | max_iter
     n_train: int
+    c_fit: np.ndarray | None = None  # (n_C,) C' of the K-column problem solved (C·BINARY_C_FACTOR if K = 2)
 
     @property
     def converged(self) -> np.ndarray:
@@ -137,8 +147,8 @@ def fit_logreg_sweep(
     progress: ProgressFn = no_progress,
 ) -> LogRegFit:
     """f_C (module docstring) minimised for every C in `c_grid`, x_std standardised with the rows' own
-    statistics (``standardize_stats``). For K = 2 scikit-learn fits a binary model with one weight vector
-    instead: this multinomial fit at C equals its binary fit at 2C.
+    statistics (``standardize_stats``). C is scikit-learn's: for K = 2 the two-column problem is solved at
+    C·BINARY_C_FACTOR, which equals scikit-learn's binary ``LogisticRegression(C)`` (module docstring).
 
     Batched L-BFGS (``lbfgs``): per-C history (`history` pairs), stop when max|∇f_C| ≤ `tol` in the
     standardised basis (scikit-learn's gtol), at the float precision floor, or after `max_iter` iterations.
@@ -154,6 +164,7 @@ def fit_logreg_sweep(
     k = classes.size
     if k < 2:
         raise ValueError(f"logistic regression needs at least 2 classes, got {k}")
+    c_fit = cs * BINARY_C_FACTOR if k == 2 else cs
     dev = resolve_device(device, x)
     with torch.no_grad():
         data, lam, mean, scale = _prepare(x, yv.size, y_idx, k, qq, dev, dtype, precondition, memory_budget_bytes)
@@ -169,10 +180,11 @@ def fit_logreg_sweep(
             def prog(frac: float, msg: str, _a: int = a, _n: int = sl.stop - a) -> None:
                 progress((_a + frac * _n) / cs.size, msg)
 
-            _fit_batch(data, lam, cs[sl], out, sl, precondition=precondition, max_iter=max_iter, tol=tol,
+            _fit_batch(data, lam, c_fit[sl], out, sl, precondition=precondition, max_iter=max_iter, tol=tol,
                        history=history, progress=prog)
     return LogRegFit(c=cs, weights=out.w, bias=out.b, mean=mean, scale=scale, classes=classes, loss=loss, q=qq,
-                     objective=out.obj, grad_max=out.gmax, n_iter=out.n_iter, status=out.status, n_train=n)
+                     objective=out.obj, grad_max=out.gmax, n_iter=out.n_iter, status=out.status, n_train=n,
+                     c_fit=c_fit)
 
 
 def _prepare(

@@ -15,14 +15,18 @@ CONFUSION_MAX_CLASSES = 256  # larger confusion matrices are reported as their l
 CONFUSION_TOP_CELLS = 1000
 
 
-def rank(scores: torch.Tensor, top: int, drop_zero: bool = False) -> np.ndarray:
-    """Indices of the `top` largest entries per row, equal values in increasing index (stable sort);
-    with drop_zero, entries ≤ 0 become −1."""
-    vals, idx = torch.sort(scores, dim=1, descending=True, stable=True)
-    idx = idx[:, :top]
-    if drop_zero:
-        idx = torch.where(vals[:, :top] > 0, idx, torch.full_like(idx, -1))
-    return idx.cpu().numpy()
+def rank(scores: torch.Tensor, top: int) -> np.ndarray:
+    """Indices of the `top` largest entries per row, equal values in increasing index (a stable descending
+    sort: DINO's ``probs.sort(1, True)`` with its implementation-defined tie order made deterministic)."""
+    _, idx = torch.sort(scores, dim=1, descending=True, stable=True)
+    return idx[:, :top].cpu().numpy()
+
+
+def top5_omission(n_classes: int) -> str | None:
+    """Why top-5 accuracy is not reported (None: it is): with ≤ TOPK classes every label is in the top 5."""
+    if n_classes <= TOPK:
+        return f"{n_classes} classes ≤ {TOPK}: every class is in the top {TOPK}, so top-{TOPK} is trivial"
+    return None
 
 
 def classification_metrics(

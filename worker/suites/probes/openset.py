@@ -4,6 +4,15 @@ positive, ``common.roc``) say how well the scores separate known from unknown te
 
 Scores: knn = max cosine to the known train rows; msp = max softmax of the probe (Hendrycks & Gimpel, ICLR
 2017); energy = T·logsumexp(logits / T), T = 1 (the negative free energy, Liu et al., NeurIPS 2020).
+
+Sample counts. FPR at 95 % TPR is read at the threshold where 95 % of the known rows score above it: with P
+known rows TPR moves in steps of 1/P, so below P = 1/(1 − 0.95) = 20 the "95 %" threshold is the lowest known
+score (TPR 100 %); with N unknown rows FPR moves in steps of 1/N, and one unknown row more or less on the
+wrong side moves it by more than 5 points below N = 20. AUROC averages P·N pairs, but its standard error
+(Hanley & McNeil, Radiology 1982, at AUROC 0.5) is 0.09 with 20 rows on each side and 0.13 with 5 unknown
+rows however many known ones. So every open-set metric needs at least
+OPENSET_MIN_ROWS = ⌈1/(1 − OPENSET_TPR)⌉ = 20 known AND 20 unknown test rows, and is omitted (with a warning)
+below; the counts are in the variant either way.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from .splits import SPLIT_SEED
 OPENSET_SHARE = 0.2  # default share of classes held out as unknown (at least 1, at least 2 known remain)
 OPENSET_MIN_CLASSES = 3
 OPENSET_TPR = DEFAULT_TPR
+OPENSET_MIN_ROWS = 20  # ⌈1/(1 − OPENSET_TPR)⌉ known and unknown test rows (module docstring)
 ENERGY_T = 1.0
 
 
@@ -71,10 +81,12 @@ def _held_out(
 def run_openset(
     x_tr: torch.Tensor, y_tr: np.ndarray, x_te: torch.Tensor, y_te: np.ndarray, all_labels: np.ndarray,
     cs: np.ndarray, *, enabled: bool, holdout_classes: Any, share: float, seed: int, device: torch.device,
-    memory_budget_bytes: int, warnings: list[str], progress: ProgressFn, **fit_kw: Any,
+    memory_budget_bytes: int, warnings: list[str], progress: ProgressFn, min_rows: int = OPENSET_MIN_ROWS,
+    **fit_kw: Any,
 ) -> OpenSetResult:
     """The open-set protocol; skipped when not `enabled`, and with a warning when there are fewer than
-    OPENSET_MIN_CLASSES classes or the test split lacks unknown or known rows. Progress runs over [0.6, 0.98]."""
+    OPENSET_MIN_CLASSES classes or fewer than `min_rows` known or unknown test rows (module docstring); the
+    counts are in the variant (openset_n_known_test, openset_n_unknown_test). Progress: [0.6, 0.98]."""
     if not enabled:
         return OpenSetResult({}, None, {"openset": "skipped (openset=False)"})
     if all_labels.size < OPENSET_MIN_CLASSES:
@@ -85,10 +97,16 @@ def run_openset(
     is_known_te = ~np.isin(y_te, held)
     if np.unique(y_tr[known_tr]).size < 2:
         raise ValueError("open-set needs at least 2 known classes with train rows")
-    if is_known_te.all() or not is_known_te.any():
-        skipped = "skipped: the test split has no unknown-class rows or no known-class rows"
+    n_known, n_unknown = int(is_known_te.sum()), int((~is_known_te).sum())
+    counts = {"openset_held_out_classes": labels_list(held), "openset_holdout_source": held_source,
+              "openset_n_known_test": n_known, "openset_n_unknown_test": n_unknown,
+              "openset_min_rows": min_rows}
+    if min(n_known, n_unknown) < max(1, min_rows):
+        skipped = (f"open-set metrics omitted: the test split has {n_known} known-class and {n_unknown} "
+                   f"unknown-class rows (held-out classes {labels_list(held)}); AUROC and FPR at "
+                   f"{OPENSET_TPR:.0%} TPR need at least {max(1, min_rows)} of each")
         warnings.append(skipped)
-        return OpenSetResult({}, None, {"openset": skipped})
+        return OpenSetResult({}, None, {"openset": skipped, **counts})
     dev = device
     kt = torch.as_tensor(np.flatnonzero(known_tr), device=dev)
     xk, yk = x_tr[kt], y_tr[known_tr]
@@ -104,11 +122,10 @@ def run_openset(
         metrics[f"openset_auroc_{key}"] = au[key]
         metrics[f"openset_fpr95_{key}"] = fp[key]
     figure = {"held_out_classes": labels_list(held), "auroc": au, "fpr95": fp, "best_c": lp_os.best_c,
-              "n_known_test": int(is_known_te.sum()), "n_unknown_test": int((~is_known_te).sum())}
+              "n_known_test": n_known, "n_unknown_test": n_unknown}
     variant = {"openset": "k-NN and probe trained on the known classes' train rows; test rows of "
                           "held-out classes are unknown (negative), known = positive",
-               "openset_held_out_classes": labels_list(held), "openset_holdout_source": held_source,
-               "openset_share": share, "openset_best_c": lp_os.best_c,
+               **counts, "openset_share": share, "openset_best_c": lp_os.best_c,
                "openset_scores": "knn: max cosine to known train rows; msp: max softmax; "
                                  f"energy: T·logsumexp(logits/T), T = {ENERGY_T:g}",
                "openset_fpr_at_tpr": OPENSET_TPR}

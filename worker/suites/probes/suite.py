@@ -19,10 +19,10 @@ from .inputs import as_labels, labels_list, load_rows
 from .knn import KNN_K, KnnResult, weighted_knn
 from .lbfgs import LBFGS_HISTORY, LBFGS_MAX_ITER, LBFGS_TOL
 from .linear import LinearProbeResult, chunked_logits, select_c
-from .logreg import DEFAULT_C_GRID
+from .logreg import BINARY_C_FACTOR, DEFAULT_C_GRID
 from .losses import GCE_Q, LOSSES
-from .metrics import TOPK, classification_metrics, confusion_figure
-from .openset import OPENSET_SHARE, run_openset
+from .metrics import TOPK, classification_metrics, confusion_figure, top5_omission
+from .openset import OPENSET_MIN_ROWS, OPENSET_SHARE, run_openset
 from .splits import HOLDOUT_FRACTION, SPLIT_SEED, TEST_FRACTION, resolve_split
 
 
@@ -46,6 +46,7 @@ def run_probes(
     holdout_classes: Sequence[int] | None = None,
     openset_share: float = OPENSET_SHARE,
     openset: bool = True,
+    openset_min_rows: int = OPENSET_MIN_ROWS,
     seed: int = SPLIT_SEED,
     max_iter: int = LBFGS_MAX_ITER,
     tol: float = LBFGS_TOL,
@@ -54,10 +55,12 @@ def run_probes(
 ) -> SuiteResult:
     """Every probe metric of METRICS.md on N×D embeddings (ndarray, read-only np.memmap or tensor) with labels.
 
-    Metrics: linear_top1, linear_top5, linear_balanced_acc, linear_best_c; knn{k}_top1, knn{k}_top5 per k;
-    openset_auroc_{knn,msp,energy}, openset_fpr95_{knn,msp,energy} (unless fewer than 3 classes).
-    Figures: c_sweep, confusion_matrix, per_class_accuracy, knn, openset. `seed` drives the default split,
-    the holdout of train and the default choice of unknown classes.
+    Metrics: linear_top1, linear_top5, linear_balanced_acc, linear_best_c (scikit-learn's C, binary model for
+    2 classes); knn{k}_top1, knn{k}_top5 per k; openset_{auroc,fpr95}_{knn,msp,energy}.
+    Omitted, each with a warning: every top-5 with ≤ 5 classes (trivial), knn{k}_top5 when fewer than 5
+    neighbours vote (k_effective < 5), the open-set metrics with < 3 classes or fewer than `openset_min_rows`
+    known or unknown test rows. Figures: c_sweep, confusion_matrix, per_class_accuracy, knn, openset. `seed`
+    drives the default split, the holdout of train and the default choice of unknown classes.
     """
     n, d = matrix_shape(embeddings)
     y = as_labels(labels)
@@ -83,15 +86,14 @@ def run_probes(
                   progress=lambda f, m: progress(0.02 + 0.43 * f, "linear probe: " + m), **fit_kw)
     cm = classification_metrics(chunked_logits(lp.final, x_te, memory_budget_bytes), y_te, lp.final.classes,
                                 all_labels)
-    metrics: dict[str, float] = {"linear_top1": cm["top1"], "linear_top5": cm["top5"],
-                                 "linear_balanced_acc": cm["balanced_acc"], "linear_best_c": lp.best_c}
+    metrics = _linear_metrics(lp, cm, int(all_labels.size), warnings)
     warnings += _linear_warnings(lp, max_iter, tol)
 
     knn = _knn_step(x_tr, y_tr, x_te, y_te, all_labels, knn_k, knn_temperature, dev, memory_budget_bytes,
                     metrics, warnings, progress)
     os_res = run_openset(x_tr, y_tr, x_te, y_te, all_labels, cs, enabled=openset, holdout_classes=holdout_classes,
                          share=openset_share, seed=seed, device=dev, memory_budget_bytes=memory_budget_bytes,
-                         warnings=warnings, progress=progress, **fit_kw)
+                         warnings=warnings, progress=progress, min_rows=openset_min_rows, **fit_kw)
     metrics.update(os_res.metrics)
 
     figures = _figures(lp, cm, knn, metrics, all_labels, warnings)
@@ -103,11 +105,28 @@ def run_probes(
         "test_share": None if split is not None else TEST_FRACTION, "n_classes": int(all_labels.size),
         "dim": d, "device": str(dev),
         **_method_variant(lp, knn, loss=loss, tol=tol, max_iter=max_iter, knn_temperature=knn_temperature),
-        "top5_trivial": bool(all_labels.size <= TOPK), "memory_budget_bytes": memory_budget_bytes,
+        "top5_trivial": bool(all_labels.size <= TOPK),
+        "top5": top5_omission(int(all_labels.size)) or f"true class among the first {TOPK} of all "
+                f"{all_labels.size} classes ranked (k-NN: knn{{k}}_top5 omitted where k_effective < {TOPK})",
+        "memory_budget_bytes": memory_budget_bytes,
         **os_res.variant,
     }
     progress(1.0, "done")
     return SuiteResult(metrics=metrics, figures=figures, variant=variant, warnings=warnings)
+
+
+def _linear_metrics(
+    lp: LinearProbeResult, cm: dict[str, Any], n_classes: int, warnings: list[str]
+) -> dict[str, float]:
+    """linear_top1, linear_top5 (omitted with a warning when ``top5_omission``), linear_balanced_acc and
+    linear_best_c (scikit-learn's C; binary LogisticRegression(C) for 2 classes, ``logreg``)."""
+    metrics = {"linear_top1": cm["top1"], "linear_top5": cm["top5"], "linear_balanced_acc": cm["balanced_acc"],
+               "linear_best_c": lp.best_c}
+    skip = top5_omission(n_classes)
+    if skip is not None:
+        del metrics["linear_top5"]
+        warnings.append(f"linear_top5 and knn{{k}}_top5 omitted: {skip}")
+    return metrics
 
 
 def _knn_step(
@@ -115,12 +134,24 @@ def _knn_step(
     ks: Sequence[int], temperature: float, dev: torch.device, budget: int, metrics: dict[str, float],
     warnings: list[str], progress: ProgressFn,
 ) -> KnnResult:
-    """k-NN on train, its top-1 / top-5 test accuracies into `metrics`; progress over [0.45, 0.6]."""
+    """k-NN on train, its top-1 / top-5 test accuracies into `metrics`; progress over [0.45, 0.6]. top-5 is
+    omitted with ≤ TOPK classes (``top5_omission``, warned by the caller) and, with a warning, for a k whose
+    k_effective < TOPK: fewer voters than ranks, the rest of the top 5 would be vote-less classes in index
+    order (DINO's eval_knn.py reports top-min(5, k) there under the name top-5)."""
     knn = weighted_knn(x_tr, y_tr, x_te, ks=ks, temperature=temperature, classes=all_labels, device=dev,
                        memory_budget_bytes=budget, progress=lambda f, m: progress(0.45 + 0.15 * f, m))
-    for k in knn.k:
+    few_voters = []
+    for k, k_e in zip(knn.k, knn.k_effective, strict=True):
         metrics[f"knn{k}_top1"] = knn.accuracy(y_te, k, 1)
+        if top5_omission(int(all_labels.size)) is not None:
+            continue
+        if k_e < TOPK:
+            few_voters.append(k)
+            continue
         metrics[f"knn{k}_top5"] = knn.accuracy(y_te, k, TOPK)
+    if few_voters:
+        warnings.append(f"knn{{k}}_top5 omitted for k = {few_voters}: fewer than {TOPK} neighbours vote, so "
+                        f"the top {TOPK} would be filled with classes that got no vote")
     clamped = {k: ke for k, ke in zip(knn.k, knn.k_effective, strict=True) if ke != k}
     if clamped:
         warnings.append(f"k larger than the {y_tr.size} train rows was clamped: {clamped}")
@@ -152,7 +183,8 @@ def _figures(
         "per_class_accuracy": {"labels": labels_list(all_labels), "values": _json(cm["recall"])},
         "confusion_matrix": confusion_figure(all_labels, cm["confusion"], warnings),
         "knn": {"k": list(knn.k), "k_effective": list(knn.k_effective),
-                "top1": [metrics[f"knn{k}_top1"] for k in knn.k], "top5": [metrics[f"knn{k}_top5"] for k in knn.k]},
+                "top1": [metrics[f"knn{k}_top1"] for k in knn.k],
+                "top5": _omitted_as_none([metrics.get(f"knn{k}_top5") for k in knn.k])},
     }
 
 
@@ -165,6 +197,10 @@ def _method_variant(
         "linear": "standardised as StandardScaler (fitting rows' statistics), multinomial logistic regression, bias unpenalised, "
                   "objective mean loss + ‖W‖²/(2·C·n) (scikit-learn's C), batched L-BFGS, C picked on the holdout "
                   "(ties -> smaller C) then refit on all train",
+        "c_convention": "scikit-learn LogisticRegression(C): multinomial for K > 2; for K = 2 its binary "
+                        "model (one weight vector), which the two-column fit equals when solved at "
+                        f"C·{BINARY_C_FACTOR:g} (done so: c_grid and linear_best_c are scikit-learn's C for "
+                        "every K)",
         "loss": loss,
         "gce_q": GCE_Q if loss == "gce" else None,
         "c_grid": _json(lp.c_grid),
@@ -173,10 +209,19 @@ def _method_variant(
         "knn_k": list(knn.k),
         "knn_k_effective": list(knn.k_effective),
         "knn_temperature": knn_temperature,
-        "knn": "L2-normalised, cosine, top-k train rows, vote exp(sim/T); similarity ties: torch.topk order; "
-               "class-score ties: lower class first; classes without votes never count for top-5",
+        "knn": "DINO eval_knn.py: L2-normalised, cosine, top-k train rows, vote exp(sim/T) summed per "
+               "class, all classes ranked by vote (classes without votes rank too, at 0); similarity ties: "
+               "lower train row index first (the first k of a stable descending sort, whatever the "
+               "chunking; identical train rows share one computed similarity); class-score ties: lower "
+               "class index first",
         "knn_chunks": {"query": knn.query_chunk, "train": knn.train_chunk},
+        "knn_distinct_train_rows": knn.n_distinct_train,
     }
+
+
+def _omitted_as_none(values: list[float | None]) -> list[float | None] | None:
+    """A figure series with omitted points as None; None when every point is omitted (no trace drawn)."""
+    return None if all(v is None for v in values) else values
 
 
 def _json(a: Any) -> list[float | None]:

@@ -98,10 +98,11 @@ def run_spectrum(
             f"N = {n_used} rows < D = {d} dims: RankMe is capped at min(N, D) = {n_used}; "
             "compare only runs evaluated on the same N."
         )
-    per_dim, (sp, lam, fit) = _metrics_per_dim(moments, u, dims, progress)
+    per_dim, fits, (sp, lam, fit) = _metrics_per_dim(moments, u, dims, progress)
     metrics = {key + ("" if k == d else f"@d{k}"): float(value)
                for k, vals in per_dim.items() for key, value in vals.items() if value is not None}
     warnings.extend(_alpha_warnings(lam, fit))
+    warnings.extend(_alpha_prefix_warnings(fits, d))
     variant: dict[str, Any] = {
         **_spectrum_variant(sp, dev, n_total, n_used, rows is not None, seed, max_rows, d),
         "uniformity_t": UNIFORMITY_T,
@@ -109,6 +110,8 @@ def run_spectrum(
         "uniformity_subsampled": u_rows is not None,
         "collapse_std": "mean over dims of the unbiased std (torch.std default, lightly) of z/‖z‖",
         "matryoshka_dims": dims[1:],
+        "alpha_fit_ranges": {("alpha_req" if k == d else f"alpha_req@d{k}"):
+                             None if f is None else [f.first, f.last] for k, f in fits.items()},
         "chunk_rows": chunk_rows,
     }
     progress(1.0, "done")
@@ -132,16 +135,19 @@ def _load_rows(
 
 def _metrics_per_dim(
     moments: GramMoments, u: torch.Tensor, dims: list[int], progress: ProgressFn
-) -> tuple[dict[int, dict[str, float | None]], tuple[Spectra, np.ndarray, AlphaFit | None]]:
-    """{k: {metric: value or None}} for every prefix k in `dims`, and (spectra, covariance eigenvalues, α fit)
-    at the full dimension dims[0]."""
+) -> tuple[dict[int, dict[str, float | None]], dict[int, AlphaFit | None],
+           tuple[Spectra, np.ndarray, AlphaFit | None]]:
+    """{k: {metric: value or None}} for every prefix k in `dims`, {k: α fit or None}, and (spectra, covariance
+    eigenvalues, α fit) at the full dimension dims[0]."""
     per_dim: dict[int, dict[str, float | None]] = {}
+    fits: dict[int, AlphaFit | None] = {}
     full: tuple[Spectra, np.ndarray, AlphaFit | None] | None = None
     lo = UNIFORMITY_LOADED
     for j, k in enumerate(dims):
         sp = spectra(moments, k)
         lam = sp.eig_centered / (moments.n - 1)  # covariance eigenvalues
         fit = alpha_req(lam)
+        fits[k] = fit
         per_dim[k] = {
             "rankme": rankme(sp.sigma),
             "rankme_centered": rankme(np.sqrt(sp.eig_centered)),
@@ -157,7 +163,7 @@ def _metrics_per_dim(
             full = (sp, lam, fit)
         progress(lo + (1.0 - lo) * (j + 1) / len(dims), f"metrics at d = {k}")
     assert full is not None
-    return per_dim, full
+    return per_dim, fits, full
 
 
 def _alpha_warnings(lam: np.ndarray, fit: AlphaFit | None) -> list[str]:
@@ -173,6 +179,23 @@ def _alpha_warnings(lam: np.ndarray, fit: AlphaFit | None) -> list[str]:
             "covariance eigenvalues): not comparable with the standard range."
         ]
     return []
+
+
+def _alpha_prefix_warnings(fits: dict[int, AlphaFit | None], d: int) -> list[str]:
+    """The Matryoshka prefixes whose α-ReQ is fitted on fewer ranks than ALPHA_FIT_RANGE (a k×k covariance has
+    k eigenvalues: every k < 100 truncates it), or not fitted at all. Their values are kept: the range at a
+    given k is the same for every run with enough rows (``alpha_fit_ranges`` in the variant says which)."""
+    short = {k: f for k, f in fits.items() if k != d and f is not None and f.last < ALPHA_FIT_RANGE[1]}
+    missing = [k for k, f in fits.items() if k != d and f is None]
+    out = []
+    if short:
+        used = ", ".join(f"alpha_req@d{k} on ranks {f.first}..{f.last}" for k, f in short.items())
+        out.append(f"α-ReQ fitted on truncated rank ranges ({used}) instead of {ALPHA_FIT_RANGE[0]}.."
+                   f"{ALPHA_FIT_RANGE[1]}: compare these only with the same prefix dimension and range")
+    if missing:
+        out.append(f"alpha_req@d{{k}} not computed for k = {missing}: fewer than {ALPHA_MIN_POINTS} positive "
+                   f"covariance eigenvalues at ranks {ALPHA_FIT_RANGE[0]}..{ALPHA_FIT_RANGE[1]}")
+    return out
 
 
 def _spectrum_variant(
@@ -196,7 +219,9 @@ def _spectrum_variant(
         "eig_floor_rule": "λ < k·eps64·λ_max → 0",
         "covariance": "centred Gram / (N − 1)",
         "alpha_fit_range": list(ALPHA_FIT_RANGE),
-        "alpha_fit": "least squares log λ_i = c − α log i, weights 1/i, 1-based ranks (reptrix np.arange(5, 100))",
+        "alpha_fit": "least squares log λ_i = c − α log i, weights 1/i, 1-based ranks (reptrix "
+                     "np.arange(5, 100)); ranks beyond the positive eigenvalues (min(N − 1, k) at prefix k) "
+                     "are cut: the range used per key is alpha_fit_ranges; truncated ones are warned, kept",
     }
 
 
