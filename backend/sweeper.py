@@ -42,6 +42,7 @@ def sweep_once(session: Session, queue: TaskQueue, settings: Settings) -> dict[s
             evaluation.status = Status.queued.value
             evaluation.message = f"requeued: worker {evaluation.worker} stopped reporting"
             evaluation.enqueued_at = None
+            evaluation.queued_at = t  # back of the queue (the order of queue positions)
             counts["recovered"] += 1
     session.commit()
 

@@ -344,6 +344,33 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _queue_line(ev) -> str:  # noqa: ANN001 - an EvaluationRead
+    """One evaluation's state as `cancel` / `retry` print it."""
+    where = (f", position {ev.queue_position} in queue {ev.queue}" if ev.queue_position else "")
+    return f"evaluation {ev.id} ({ev.suite}): {ev.status}{where}" + (f" — {ev.message}" if ev.message else "")
+
+
+def cmd_queue_control(args: argparse.Namespace) -> int:
+    """Cancel or retry evaluations by id (write scope); each is tried, refusals are reported and exit 1."""
+    from repscope.client import RepscopeError
+
+    client = _client(args)
+    done, failed = [], 0
+    for evaluation_id in args.ids:
+        try:
+            ev = client.cancel(evaluation_id) if args.command == "cancel" else client.retry(evaluation_id)
+        except RepscopeError as exc:
+            print(f"error: evaluation {evaluation_id}: {exc.detail} (HTTP {exc.status_code})", file=sys.stderr)
+            failed += 1
+            continue
+        done.append(ev)
+        if not args.json:
+            print(_queue_line(ev))
+    if args.json:
+        _print_json([e.model_dump(mode="json") for e in done])
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Fill a running instance with a realistic demo project (real computed metrics)."""
     from repscope.demo import seed_demo
@@ -363,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="repscope", description="Measure how good a learned representation is, while it trains.",
         epilog="Settings come from REPSCOPE_* environment variables (see README); flags override them. Commands "
-               "that talk to a server (upload, runs, leaderboard, demo, token --url) send the API token in "
-               "REPSCOPE_TOKEN.")
+               "that talk to a server (upload, runs, leaderboard, cancel, retry, demo, token --url) send the API "
+               "token in REPSCOPE_TOKEN.")
     parser.add_argument("--version", action="version", version=f"repscope {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -447,6 +474,29 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--json", action="store_true", help="print JSON")
     lb.add_argument("--url", default=default_url, help=url_help)
     lb.set_defaults(func=cmd_leaderboard)
+
+    cancel = sub.add_parser("cancel", help="cancel queued or running evaluations on the server",
+                            description="Cancel evaluations by id (needs a token with the write scope). A queued "
+                                        "evaluation is taken out of the queue: no worker will run it. A running "
+                                        "one is stopped by its worker at the suite's next progress report "
+                                        "(cooperative: a step that reports no progress runs to its end first); "
+                                        "the worker then takes its next job. Cancelling a cancelled evaluation "
+                                        "changes nothing; a succeeded or failed one is refused (exit 1). "
+                                        "`repscope retry` queues it again.")
+    cancel.add_argument("ids", type=int, nargs="+", metavar="ID", help="evaluation id")
+    cancel.add_argument("--json", action="store_true", help="print the evaluations as JSON")
+    cancel.add_argument("--url", default=default_url, help=url_help)
+    cancel.set_defaults(func=cmd_queue_control)
+
+    retry = sub.add_parser("retry", help="queue failed or cancelled evaluations again",
+                           description="Queue failed or cancelled evaluations again from scratch (needs a token "
+                                       "with the write scope): attempts, error and any result are cleared and the "
+                                       "evaluation goes to the back of its queue; prints its queue position. A "
+                                       "queued, running or succeeded evaluation is refused (exit 1).")
+    retry.add_argument("ids", type=int, nargs="+", metavar="ID", help="evaluation id")
+    retry.add_argument("--json", action="store_true", help="print the evaluations as JSON")
+    retry.add_argument("--url", default=default_url, help=url_help)
+    retry.set_defaults(func=cmd_queue_control)
 
     demo = sub.add_parser("demo", help="fill a running instance with a demo project (real computed metrics)",
                           description="Log several runs x steps of generated, labelled embeddings whose spectrum "

@@ -127,6 +127,18 @@ class Client:
         response = self._send(lambda: self.http.get(f"/evaluations/{evaluation_id}"))
         return EvaluationRead.model_validate(_check(response).json())
 
+    def cancel(self, evaluation_id: int) -> EvaluationRead:
+        """Cancel a queued or running evaluation (write scope): a queued one never runs, a running one stops at its
+        worker's next progress report. Cancelling a cancelled one changes nothing; a finished one is a 409."""
+        response = self._send(lambda: self.http.post(f"/evaluations/{evaluation_id}/cancel"))
+        return EvaluationRead.model_validate(_check(response).json())
+
+    def retry(self, evaluation_id: int) -> EvaluationRead:
+        """Queue a failed or cancelled evaluation again from scratch (write scope); any other state is a 409. Not
+        retried on a lost connection (a second retry of a queued evaluation is refused)."""
+        response = self.http.post(f"/evaluations/{evaluation_id}/retry")
+        return EvaluationRead.model_validate(_check(response).json())
+
     def wait(self, evaluation_ids: Iterable[int], *, timeout: float = 600.0, poll: float = 0.5,
              raise_on_failure: bool = True) -> list[EvaluationRead]:
         """Block until every evaluation is finished; raises EvaluationFailed (or TimeoutError)."""
@@ -239,10 +251,12 @@ class Client:
             return None
         return ClaimResponse.model_validate(_check(response).json())
 
-    def report(self, evaluation_id: int, *, claim: str, **fields: Any) -> None:
-        """PATCH progress / message / status=failed under the lease's claim id (409 once the lease is lost)."""
+    def report(self, evaluation_id: int, *, claim: str, **fields: Any) -> EvaluationRead:
+        """PATCH progress / message / status=failed under the lease's claim id (409 once the lease is lost). The
+        answer's status is `cancelled` once a user cancelled the evaluation: stop, and acknowledge with
+        status="cancelled"."""
         body = EvaluationPatch(claim=claim, **fields).model_dump(exclude_none=True, mode="json")
-        _check(self.http.patch(f"/evaluations/{evaluation_id}", json=body))
+        return EvaluationRead.model_validate(_check(self.http.patch(f"/evaluations/{evaluation_id}", json=body)).json())
 
     def post_result(self, evaluation_id: int, result: EvaluationResultIn) -> EvaluationRead:
         """POST the result; `result.claim` must be the lease's claim id."""

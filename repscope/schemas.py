@@ -182,6 +182,15 @@ class EvaluationRead(_Read):
     finished_at: datetime | None
     metrics: dict[str, float] = Field(default_factory=dict)
     result: dict[str, Any] | None = None
+    # queue control (backend.services.evaluations): `error` above is the user-facing message (no file paths)
+    error_detail: str | None = Field(default=None, description="the worker's traceback behind `error`: sent to "
+                                                               "admin tokens only, else null")
+    queue_position: int | None = Field(default=None, description="queued: 1 + the queued evaluations ahead of it "
+                                                                 "on its queue (FIFO: upload or retry time)")
+    elapsed_s: float | None = Field(default=None, description="seconds since the claim (running), or how long it "
+                                                              "ran (finished)")
+    eta_s: float | None = Field(default=None, description="running, progress >= 5 %: elapsed / progress x "
+                                                          "(1 - progress) seconds left")
 
 
 class ClaimRequest(BaseModel):

@@ -1,4 +1,6 @@
-"""An evaluation's page: its metrics (prefix dimensions as a table), the suite's charts, and what it derived."""
+"""An evaluation's page: its status with queue position, elapsed time and ETA, cancel / retry (write scope), its
+user-facing error (the traceback behind a toggle for admins), its metrics (prefix dimensions as a table), the
+suite's charts, and what it derived."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from backend.api.deps import SessionDep
 from backend.api.params import SqlInt
 from backend.pages.auth import page_reader
 from backend.pages.templates import render
+from backend.security import authenticate
 from backend.services import evaluations as evaluation_service
 from repscope.schemas import FINISHED, Status
 
@@ -31,7 +34,8 @@ def _nested_table(metrics: dict[str, float], full_dim: int | None) -> dict[str, 
 @router.get("/evaluations/{evaluation_id}", response_class=HTMLResponse)
 def evaluation_page(request: Request, evaluation_id: SqlInt, session: SessionDep) -> HTMLResponse:
     evaluation = evaluation_service.get_evaluation(session, evaluation_id)
-    view = evaluation_service.evaluation_read(evaluation)
+    principal = authenticate(request, session)
+    view = evaluation_service.evaluation_read(evaluation, admin=principal.has("admin"))
     figs = (view.result or {}).get("figures", {})
     charts = figures.suite_charts(evaluation.suite, figs)
     main_metrics = {k: v for k, v in view.metrics.items() if "@d" not in k}
@@ -40,4 +44,4 @@ def evaluation_page(request: Request, evaluation_id: SqlInt, session: SessionDep
     return render(request, "evaluation.html", {
         "evaluation": view, "artifact": evaluation.artifact, "run": evaluation.artifact.run, "charts": charts,
         "main_metrics": main_metrics, "nested": nested, "finished": view.status in FINISHED,
-        "failed": view.status == Status.failed, "derived": derived})
+        "failed": view.status == Status.failed, "derived": derived, "can_write": principal.has("write")})

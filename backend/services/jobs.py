@@ -1,4 +1,5 @@
-"""The job queue as the dashboard shows it: evaluations by state, retries, and the workers seen with their device."""
+"""The job queue as the dashboard shows it: evaluations by state (with queue position, elapsed time, ETA and the
+user-facing error), retries, and the workers seen with their device."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from sqlalchemy.orm import Session, joinedload
 
 from backend.models import Artifact, Evaluation, Run
 from backend.services import worker_registry
-from backend.services.evaluations import now
+from backend.services.evaluations import aware as _aware
+from backend.services.evaluations import now, queue_positions, split_error, timing
 from repscope.schemas import FINISHED, Status
 
 ACTIVE_WITHIN = timedelta(hours=1)
@@ -34,10 +36,29 @@ class WorkerSummary:
                 "running": self.running, "succeeded": self.succeeded, "failed": self.failed}
 
 
-def _aware(t: datetime | None) -> datetime | None:
-    if t is not None and t.tzinfo is None:  # SQLite returns naive datetimes; they were stored in UTC
-        return t.replace(tzinfo=UTC)
-    return t
+@dataclass
+class JobRow:
+    """One evaluation as a jobs table shows it."""
+
+    e: Evaluation                # with artifact, run and project loaded
+    position: int | None         # queued: 1 + queued evaluations ahead on its queue
+    elapsed_s: float | None      # since the claim (running) or how long it ran (finished)
+    eta_s: float | None          # running, from 5 % progress on
+    error: str | None            # the user-facing message (no file paths)
+    error_detail: str | None     # the traceback: admins only, else None
+
+
+def rows(session: Session, evaluations: list[Evaluation], *, admin: bool = False) -> list[JobRow]:
+    """The evaluations as table rows, queue positions in one query; the traceback only when `admin`."""
+    positions = queue_positions(session, evaluations)
+    t = now()
+    out = []
+    for e in evaluations:
+        elapsed, eta = timing(e, t)
+        message, detail = split_error(e.error)
+        out.append(JobRow(e=e, position=positions.get(e.id), elapsed_s=elapsed, eta_s=eta, error=message,
+                          error_detail=detail if admin else None))
+    return out
 
 
 def status_counts(session: Session) -> dict[str, int]:
@@ -49,13 +70,16 @@ def status_counts(session: Session) -> dict[str, int]:
 
 def evaluations(session: Session, *, status: Status | None = None, retried: bool = False,
                 limit: int = 100) -> list[Evaluation]:
-    """Evaluations with their artifact, run and project loaded (one query); queued oldest first, else newest."""
+    """Evaluations with their artifact, run and project loaded (one query); queued in queue order, else newest first."""
     stmt = select(Evaluation).options(joinedload(Evaluation.artifact).joinedload(Artifact.run).joinedload(Run.project))
     if status is not None:
         stmt = stmt.where(Evaluation.status == status.value)
     if retried:
         stmt = stmt.where(Evaluation.attempts > 1)
-    stmt = stmt.order_by(Evaluation.id.asc() if status is Status.queued else Evaluation.id.desc())
+    if status is Status.queued:  # the order of queue positions
+        stmt = stmt.order_by(func.coalesce(Evaluation.queued_at, Evaluation.created_at), Evaluation.id)
+    else:
+        stmt = stmt.order_by(Evaluation.id.desc())
     return list(session.scalars(stmt.limit(limit)).unique())
 
 
