@@ -68,6 +68,10 @@ SUITES: dict[str, SuiteSpec] = {s.name: s for s in (
     SuiteSpec("backdoor", "backdoor scans: the pool scan of possibly poisoned samples, or the encoder scan "
               "(known triggers and DECREE)", embeddings=True, encoder=True, uses=frozenset({IMAGES, LABELS}),
               default_if=frozenset({POISON})),
+    # Opt-in: its figure holds up to 20 000 points (about 1 MB of result JSON per upload), so uploads that name no
+    # suites do not run it; PCA of the sample is cheap, UMAP runs only when umap-learn is installed (see the suite).
+    SuiteSpec("projector", "embedding projector: 2-D PCA (and UMAP) of a seeded sample of <= 20 000 rows, coloured "
+              "by label, split, poison flag or k-NN density", embeddings=True),
 )}
 
 

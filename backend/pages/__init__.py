@@ -16,6 +16,7 @@ from backend.pages import (
            evaluations,
            jobs,
            leaderboards,
+           projector,
            projects,
            runs,
            upload,
@@ -23,4 +24,4 @@ from backend.pages import (
 
 # included by the app in this order: public assets, sign-in, then the pages
 ROUTERS = (assets.router, auth.router, projects.router, runs.router, evaluations.router, compare.router,
-           leaderboards.router, upload.router, jobs.router, datasets.router)
+           leaderboards.router, upload.router, jobs.router, datasets.router, projector.router)

@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from backend import figures
+from backend import figures, projector
 from backend.services import leaderboards as leaderboard_service
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "frontend" / "templates"
@@ -57,7 +57,8 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATE_DIR)
     templates.env.filters.update(pretty_json=pretty_json, metric_label=figures.metric_label,
                                  source_label=figures.source_label, fmt=fmt, metric_fmt=metric_fmt)
-    templates.env.globals.update(direction=leaderboard_service.direction, query=query)
+    templates.env.globals.update(direction=leaderboard_service.direction, query=query,
+                                 projector_views=projector.projector_views, has_projection=projector.has_projection)
     return templates
 
 

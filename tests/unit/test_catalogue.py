@@ -48,6 +48,7 @@ def emitted() -> dict[str, set[str]]:
             "probes": on_embeddings("probes", {"c_grid": [1.0], "openset_min_rows": 1}),  # 4 unknown rows
             "backdoor": on_embeddings("backdoor", {"images": images})
             | set(scan_encoder(encode, images[:24], labels=labels[:24], decree_steps=3, device="cpu").metrics),
+            "projector": on_embeddings("projector", {"projection": "pca"}),
             "equivariance": set(run_equivariance(encode, images[:24], n_images=24, n_draws=1, mlp=True,
                                                  mlp_epochs=1, device="cpu").metrics),
         }

@@ -80,7 +80,8 @@ def test_worker_never_imports_the_backend_and_repscope_neither():
 
 
 def test_suites_import_only_the_numeric_stack_common_and_themselves():
-    allowed_third_party = {"numpy", "torch", "scipy", *sys.stdlib_module_names}
+    # umap: umap-learn, the projector suite's optional UMAP (worker/suites/projector/umap2d.py), imported lazily
+    allowed_third_party = {"numpy", "torch", "scipy", "umap", *sys.stdlib_module_names}
     for mod, path in MODULES.items():
         if not mod.startswith("worker.suites."):
             continue

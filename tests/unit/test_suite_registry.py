@@ -30,8 +30,8 @@ def npy_bytes(arr: np.ndarray) -> bytes:
 
 
 def test_registry_declares_every_builtin_suite_once():
-    assert registry.available() == ("spectrum", "probes", "equivariance", "backdoor")
-    assert registry.embedding_suites() == ("spectrum", "probes", "backdoor")
+    assert registry.available() == ("spectrum", "probes", "equivariance", "backdoor", "projector")
+    assert registry.embedding_suites() == ("spectrum", "probes", "backdoor", "projector")
     assert registry.encoder_suites() == ("equivariance", "backdoor")
     assert registry.needing(LABELS) == ("probes",)
     assert registry.default_suites(False) == ["spectrum"]
@@ -56,8 +56,8 @@ def test_bad_specs_and_names_are_refused():
 def test_worker_resolves_each_suite_to_its_package():
     from worker.suite_runners import ON_EMBEDDINGS, ON_ENCODER, runner
 
-    assert list(ON_EMBEDDINGS) == ["spectrum", "probes", "backdoor"] and list(ON_ENCODER) == ["equivariance",
-                                                                                              "backdoor"]
+    assert list(ON_EMBEDDINGS) == ["spectrum", "probes", "backdoor", "projector"] and list(ON_ENCODER) == [
+        "equivariance", "backdoor"]
     assert runner("probes", "embeddings").__module__ == "worker.suites.probes.suite"
     assert runner("backdoor", "encoder").__module__ == "worker.suites.backdoor.suite"
     with pytest.raises(ValueError, match="does not run on an encoder"):
