@@ -8,6 +8,6 @@
 
 __version__ = "0.1.0"
 
-from repscope.client import Client, EvaluationFailed, RepscopeError, RunHandle  # noqa: E402
+from repscope.client import Client, EvaluationFailed, RepscopeError, RunConfigConflict, RunHandle  # noqa: E402
 
-__all__ = ["Client", "RunHandle", "RepscopeError", "EvaluationFailed", "__version__"]
+__all__ = ["Client", "RunHandle", "RepscopeError", "EvaluationFailed", "RunConfigConflict", "__version__"]

@@ -88,11 +88,26 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description=f"free-form JSON object: at most "
                                    f"{MAX_CONFIG_DEPTH} levels deep and {MAX_CONFIG_BYTES} bytes")
     tags: list[Annotated[str, Field(max_length=MAX_TAG_LENGTH)]] = Field(default_factory=list, max_length=50)
+    update: bool = Field(False, description="an existing run with another config: replace its config with this one "
+                         "(without it, the request answers 409 naming the differing top-level keys)")
 
     @field_validator("config")
     @classmethod
     def _bounded_config(cls, value: dict[str, Any]) -> dict[str, Any]:
         return check_free_json(value, "config", MAX_CONFIG_DEPTH, MAX_CONFIG_BYTES)
+
+
+MAX_NOTES_LENGTH = 20_000
+
+
+class RunUpdate(BaseModel):
+    """PATCH /runs/{id}: only the fields sent change. `tags` replaces the whole list."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200, pattern=RUN_NAME)
+    notes: str | None = Field(None, max_length=MAX_NOTES_LENGTH)
+    tags: list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_LENGTH)]] | None = Field(None, max_length=50)
+    archived: bool | None = None
 
 
 class ProjectRead(_Read):
@@ -108,7 +123,19 @@ class RunRead(_Read):
     name: str
     config: dict[str, Any]
     tags: list[str]
+    notes: str | None = None
+    archived: bool = False
     created_at: datetime
+
+
+class RunDeleted(_Read):
+    """DELETE /runs/{id}: what went with the run (files: stored files no other artifact or dataset shared)."""
+
+    id: int
+    metrics: int
+    evaluations: int
+    artifacts: int
+    files: int
 
 
 class ArtifactRead(_Read):
