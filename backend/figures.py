@@ -28,15 +28,33 @@ def is_fraction(key: str) -> bool:
     return catalogue.is_fraction(key)
 
 
+LEGEND_BELOW = {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.22, "yanchor": "top"}  # never beside the plot
+FRACTION_RANGE = [0, 1]  # catalogue `fraction` metrics: axis fixed at 0-100 %, whatever the data
+
+
 def _layout(title: str, x_title: str, y_title: str, **extra: Any) -> dict[str, Any]:
     return {
         "title": {"text": title},
         "xaxis": {"title": {"text": x_title}, "zeroline": False, **extra.pop("xaxis", {})},
         "yaxis": {"title": {"text": y_title}, "zeroline": False, **extra.pop("yaxis", {})},
         "hovermode": extra.pop("hovermode", "x unified"),
+        "legend": extra.pop("legend", LEGEND_BELOW),
         "margin": {"l": 70, "r": 20, "t": 50, "b": 55},
         **extra,
     }
+
+
+def _yaxis_for(keys: list[str], yaxis: dict[str, Any] | None, values: list[float]) -> dict[str, Any]:
+    """Axis options from the catalogue: all-fraction charts fixed at 0-100 % (FRACTION_RANGE); a log axis labels
+    whole decades only (dtick 1) once the data spans two, so minor-tick labels do not pile up."""
+    out = dict(yaxis or {})
+    if keys and all(is_fraction(k) for k in keys):
+        out.update(tickformat=".0%", range=list(FRACTION_RANGE))
+    if out.get("type") == "log":
+        pos = [v for v in values if v > 0]
+        if pos and math.log10(max(pos)) - math.log10(min(pos)) >= 2:
+            out.setdefault("dtick", 1)
+    return out
 
 
 def _hover_value(key: str) -> str:
@@ -50,7 +68,7 @@ def metric_over_step(series: list[tuple[str, MetricSeries]], key: str) -> dict[s
         "x": [p.step for p in s.points], "y": [p.value for p in s.points],
         "hovertemplate": f"{name}<br>step %{{x}}<br>{key} {_hover_value(key)}<extra></extra>",
     } for name, s in series]
-    yaxis = {"tickformat": ".0%"} if is_fraction(key) else {}
+    yaxis = _yaxis_for([key], None, [p.value for _, s in series for p in s.points])
     y_title = f"{metric_label(key)} (%)" if is_fraction(key) else metric_label(key)
     return {"data": data, "layout": _layout(f"{metric_label(key)} over training", "training step", y_title,
                                             yaxis=yaxis)}
@@ -58,25 +76,88 @@ def metric_over_step(series: list[tuple[str, MetricSeries]], key: str) -> dict[s
 
 # --- a run's metrics over training, grouped -------------------------------------------------------------
 
+def _times(s: MetricSeries, times: dict[int, float] | None) -> list[float | None] | None:
+    return None if times is None else [times.get(p.step) for p in s.points]
+
+
 def group_over_step(title: str, y_title: str, lines: list[tuple[str, str, MetricSeries]],
-                    yaxis: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Several metrics (or runs) over step on one chart: lines are (legend name, metric key, series)."""
-    data = [{
-        "type": "scatter", "mode": "lines+markers", "name": name,
-        "x": [p.step for p in s.points], "y": [p.value for p in s.points],
-        "hovertemplate": f"{name}<br>step %{{x}}<br>{_hover_value(key)}<extra></extra>",
-    } for name, key, s in lines]
-    return {"data": data, "layout": _layout(title, "training step", y_title, yaxis=dict(yaxis or {}),
-                                            hovermode="closest")}
+                    yaxis: dict[str, Any] | None = None, times: dict[int, float] | None = None) -> dict[str, Any]:
+    """Several metrics (or runs) over step on one chart: lines are (legend name, metric key, series). `times`
+    ({step: unix seconds}) goes to each trace's `customdata`, for static/charts.js's wall / relative time x-axis."""
+    data = []
+    for name, key, s in lines:
+        trace = {"type": "scatter", "mode": "lines+markers", "name": name,
+                 "x": [p.step for p in s.points], "y": [p.value for p in s.points],
+                 "hovertemplate": f"{name}<br>step %{{x}}<br>{_hover_value(key)}<extra></extra>"}
+        if (t := _times(s, times)) is not None:
+            trace["customdata"] = t
+        if data:  # the first (headline) line solid and wide, the rest dotted: an equal line never hides it
+            trace["line"] = {"dash": "dot", "width": 1.5}
+        elif len(lines) > 1:
+            trace["line"] = {"width": 3}
+        data.append(trace)
+    axis = _yaxis_for([key for _, key, _ in lines], yaxis, [p.value for _, _, s in lines for p in s.points])
+    return {"data": data, "layout": _layout(title, "training step", y_title, yaxis=axis, hovermode="closest")}
 
 
-def run_charts(series: dict[str, MetricSeries]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+EMPTY_RUN_TEXT = ("No metrics yet. Upload embeddings or a checkpoint to this run (repscope.Client(...).run(...)"
+                  ".log_embeddings, or the Upload page), or log your own scalars with POST /api/v1/runs/{run}/metrics;"
+                  " charts appear here as soon as the first evaluation finishes.")
+
+
+def empty_run_chart(run_id: int) -> dict[str, Any]:
+    """What an empty run page draws instead of a blank axis: no axes, a note saying what to do."""
+    text = EMPTY_RUN_TEXT.replace("{run}", str(run_id))
+    wrapped = "<br>".join(_wrap(text, 90))
+    return {"data": [], "layout": {
+        "title": {"text": "No metrics yet"}, "xaxis": {"visible": False}, "yaxis": {"visible": False},
+        "annotations": [{"text": wrapped, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                         "align": "center", "font": {"size": 14}}],
+        "margin": {"l": 20, "r": 20, "t": 50, "b": 20}, "meta": {"empty": True}}}
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return [*lines, line] if line else lines
+
+
+def step_times(anchors: dict[int, float]) -> Any:
+    """{step: unix seconds} -> a function step -> seconds: exact at an anchor (when that step's artifact was
+    uploaded), linear in step between the two nearest anchors, None outside them (no extrapolation)."""
+    xs = sorted(anchors)
+
+    def at(step: int) -> float | None:
+        if step in anchors:
+            return anchors[step]
+        if not xs or step < xs[0] or step > xs[-1]:
+            return None
+        i = next(i for i, x in enumerate(xs) if x > step)
+        a, b = xs[i - 1], xs[i]
+        return anchors[a] + (anchors[b] - anchors[a]) * (step - a) / (b - a)
+    return at
+
+
+def run_charts(series: dict[str, MetricSeries], anchors: dict[int, float] | None = None,
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A run's metrics over training step, grouped: (main charts, nested-prefix charts).
 
     Every key the run has is drawn: scalars the training job logged first (`logged:<key>`, one chart each,
     titled as logged, so one named like a metric never reads as the computed one), then catalogue keys in
     their group's chart (repscope.catalogue.GROUPS, in that order), other keys one chart each, nested-prefix
-    keys `{key}@d{k}` one chart per base key (a line per prefix dimension)."""
+    keys `{key}@d{k}` one chart per base key (a line per prefix dimension).
+
+    `anchors` ({step: unix seconds the step's artifact was uploaded}) gives every point a wall time (step_times;
+    logged scalars between uploads interpolated), and every chart `layout.meta.t0`, the run's first point time:
+    static/charts.js draws x by step, wall time or seconds since t0 from these."""
+    at = step_times(anchors or {})
+    steps = {p.step for s in series.values() for p in s.points}
+    times = {st: t for st in steps if (t := at(st)) is not None} if anchors else None
     groups: dict[int, list[str]] = {}
     others, nested, logged = [], {}, []
     for key in series:
@@ -92,21 +173,25 @@ def run_charts(series: dict[str, MetricSeries]) -> tuple[list[dict[str, Any]], l
         else:
             groups.setdefault(catalogue.GROUP_INDEX[g.name], []).append(key)
     charts = [group_over_step(f"{source_label(key)} over training (logged by the training job)", source_label(key),
-                              [(source_label(key), key, series[key])]) for key in sorted(logged)]
+                              [(source_label(key), key, series[key])], times=times) for key in sorted(logged)]
     for g in sorted(groups):
         group = catalogue.GROUPS[g]
         keys = sorted(groups[g], key=catalogue.legend_order)
         charts.append(group_over_step(group.title, group.y_title, [(metric_label(k), k, series[k]) for k in keys],
-                                      group.yaxis))
+                                      group.yaxis, times))
     for key in sorted(others):
-        charts.append(group_over_step(f"{key} over training", key, [(key, key, series[key])]))
+        charts.append(group_over_step(f"{key} over training", key, [(key, key, series[key])], times=times))
     nested_charts = []
     for base in sorted(nested, key=lambda b: (b != "rankme", b)):
         lines = [(f"d = {d}", key, series[key]) for d, key in sorted(nested[base], reverse=True)]
         if base in series:
             lines.insert(0, ("full D", base, series[base]))
         nested_charts.append(group_over_step(f"{metric_label(base)} of nested prefixes z[:, :d] over training",
-                                             metric_label(base), lines))
+                                             metric_label(base), lines, times=times))
+    if times:
+        t0 = min(times.values())
+        for fig in (*charts, *nested_charts):
+            fig["layout"]["meta"] = {"t0": t0}
     return charts, nested_charts
 
 

@@ -31,13 +31,16 @@ def projects_page(request: Request, session: SessionDep) -> HTMLResponse:
 @router.get("/projects/{name}", response_class=HTMLResponse)
 def project_page(request: Request, name: str, session: SessionDep, q: str | None = None, tag: str | None = None,
                  sort: str = "created", order: Literal["asc", "desc"] | None = None,
+                 mode: Literal["latest", "best"] = "latest",
+                 archived: Annotated[bool, Query(description="also list archived runs")] = False,
                  page: Annotated[int, Query(ge=1, le=SQL_INT_MAX // PAGE_SIZE)] = 1) -> HTMLResponse:
     started = time.perf_counter()
     project = run_service.get_project(session, name)
     table = table_service.runs_table(session, project.id, q=q, tag=tag, sort=sort, order=order, limit=PAGE_SIZE,
-                                     offset=(page - 1) * PAGE_SIZE)
+                                     offset=(page - 1) * PAGE_SIZE, mode=mode, archived=None if archived else False)
     return render(request, "project.html", {
         "project": project, "table": table, "runs": table.runs, "q": q or "", "tag": tag or "", "page": page,
+        "archived": archived, "n_archived": run_service.count_archived(session, project.id),
         "pages": max(1, -(-table.total // PAGE_SIZE)), "total": table.total,
         "metric_keys": table_service.project_metric_keys(session, project.id),
         "tags": table_service.project_tags(session, project.id),

@@ -18,10 +18,12 @@ from backend.api.params import SqlInt
 from backend.models import Run
 from backend.pages.auth import page_reader
 from backend.pages.templates import macros, render
+from backend.security import authenticate
 from backend.services import compare as compare_service
+from backend.services import metrics as metric_service
 from backend.services import runs as run_service
 from backend.services.artifacts import list_run_artifacts
-from repscope.schemas import MetricSeries, Status
+from repscope.schemas import Status
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(page_reader)])
 
@@ -37,10 +39,10 @@ def _run_live(session: Session, run: Run, since: str | None = None) -> dict[str,
                             "pending": counts["queued"] + counts["running"] > 0}
     if since == live["version"]:
         return live
-    charts, nested = figures.run_charts(compare_service.all_series(session, run.id))
-    if not charts:  # an empty RankMe chart says what will appear here
-        charts = [figures.metric_over_step([(run.name, MetricSeries(run_id=run.id, key="rankme", points=[]))],
-                                           "rankme")]
+    charts, nested = figures.run_charts(compare_service.all_series(session, run.id),
+                                        metric_service.step_anchors(session, run.id))
+    if not charts:  # no blank axis: a note saying how metrics get here
+        charts = [figures.empty_run_chart(run.id)]
     return {**live, "charts": charts, "nested": nested}
 
 
@@ -49,7 +51,8 @@ def run_page(request: Request, run_id: SqlInt, session: SessionDep) -> HTMLRespo
     run = run_service.get_run(session, run_id)
     live = _run_live(session, run)
     return render(request, "run.html", {
-        "run": run, **live, "metric_keys": sorted(compare_service.all_series(session, run_id))})
+        "run": run, **live, "metric_keys": sorted(compare_service.all_series(session, run_id)),
+        "can_write": authenticate(request, session).has("write")})
 
 
 @router.get("/runs/{run_id}/live")

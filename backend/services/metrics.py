@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC
 from typing import Literal
 
-from sqlalchemy import ColumnElement, delete, exists, select
+from sqlalchemy import ColumnElement, delete, exists, func, select
 from sqlalchemy.orm import Session
 
 from backend.models import Artifact, Evaluation, Metric
@@ -103,3 +104,11 @@ def keys(session: Session, run_id: int, source: Source | None = None) -> list[st
     if source is not None:
         stmt = stmt.where(of_source(source))
     return sorted(session.scalars(stmt))
+
+
+def step_anchors(session: Session, run_id: int) -> dict[int, float]:
+    """{step: unix seconds} of the run's first artifact upload at each step: the wall time of that training step
+    (Metric rows carry no time of their own; backend.figures.step_times interpolates logged scalars between)."""
+    rows = session.execute(select(Artifact.step, func.min(Artifact.created_at)).where(Artifact.run_id == run_id)
+                           .group_by(Artifact.step))
+    return {step: (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp() for step, t in rows if t is not None}

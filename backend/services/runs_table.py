@@ -21,13 +21,15 @@ from dataclasses import dataclass, field
 from sqlalchemy import String, func, select
 from sqlalchemy.orm import Session
 
-from backend.models import Artifact, Metric, Run
+from backend.models import Artifact, Evaluation, Metric, Run
 from backend.services.leaderboards import direction
 from backend.services.metrics import logged_key, of_source, qualified, split_key
 from repscope import catalogue
 
 TABLE_COLUMNS = catalogue.TABLE_COLUMNS
 SORTS = ("created", "name")
+MODES = ("latest", "best")  # a column's value: at the run's latest evaluated step, or its best over steps
+ACTIVE = ("queued", "running")  # evaluation statuses that make a shown computed value stale (pending badge)
 
 
 @dataclass
@@ -39,6 +41,23 @@ class RunsTable:
     last_step: dict[int, int] = field(default_factory=dict)
     sort: str = "created"
     order: str = "desc"
+    mode: str = "latest"
+    steps: dict[int, dict[str, int]] = field(default_factory=dict)  # the step each shown value comes from
+    # {run: {suite: largest step with a queued / running evaluation of that suite}}
+    pending_step: dict[int, dict[str, int]] = field(default_factory=dict)
+
+    def pending(self, run_id: int, name: str) -> int | None:
+        """The later step whose evaluation (of the suite that computes `name`, per the catalogue; any suite for an
+        uncatalogued key) is queued or running, when it is later than the shown value's step; else None.
+        Logged scalars are never pending."""
+        key, source = split_key(name)
+        by_suite = self.pending_step.get(run_id)
+        if not by_suite or source == "logged":
+            return None
+        spec = catalogue.lookup(key)
+        later = by_suite.get(spec.suite) if spec else max(by_suite.values())
+        step = self.steps.get(run_id, {}).get(name)
+        return later if later is not None and (step is None or later > step) else None
 
 
 def latest_value(name: str):  # noqa: ANN201
@@ -48,6 +67,20 @@ def latest_value(name: str):  # noqa: ANN201
     tiebreak = Metric.id.desc() if source == "logged" else Metric.evaluation_id.desc()
     return (select(Metric.value).where(Metric.run_id == Run.id, Metric.key == key, of_source(source))
             .order_by(Metric.step.desc(), tiebreak).limit(1)
+            .correlate(Run).scalar_subquery())
+
+
+def best_value(name: str):  # noqa: ANN201
+    """Correlated scalar subquery: the run's best value of `name` over its steps by the catalogue direction
+    (max, min; for a target metric the distance to the target, smallest first); latest_value for no direction."""
+    key, source = split_key(name)
+    d = direction(name)
+    if d == "none":
+        return latest_value(name)
+    col = {"higher": func.max(Metric.value), "lower": func.min(Metric.value)}.get(d)
+    if col is None:
+        col = func.min(func.abs(Metric.value - catalogue.target(name)))
+    return (select(col).where(Metric.run_id == Run.id, Metric.key == key, of_source(source))
             .correlate(Run).scalar_subquery())
 
 
@@ -65,12 +98,18 @@ def default_order(sort: str) -> str:
 
 def runs_table(session: Session, project_id: int, *, q: str | None = None, tag: str | None = None,
                sort: str = "created", order: str | None = None, limit: int = 50, offset: int = 0,
-               columns: tuple[str, ...] = TABLE_COLUMNS) -> RunsTable:
+               columns: tuple[str, ...] = TABLE_COLUMNS, mode: str = "latest",
+               archived: bool | None = False) -> RunsTable:
     """`sort`: 'created', 'name' or a metric key. For a metric, `order` 'desc' lists large values first and
     'asc' small first; the default is best first by the key's direction (for a target-is-best key such as
-    α-ReQ, 'asc' means closest to the target first). Runs without the metric come last either way."""
+    α-ReQ, 'asc' means closest to the target first). Runs without the metric come last either way.
+    `mode` 'latest' shows (and sorts by) each value at the run's latest evaluated step, 'best' its best over
+    steps by the catalogue direction; either way with the step it comes from (`steps`)."""
+    mode = mode if mode in MODES else "latest"
     order = order if order in ("asc", "desc") else default_order(sort)
     where = [Run.project_id == project_id]
+    if archived is not None:  # False: live runs only (the default); True: archived only; None: both
+        where.append(Run.archived.is_(archived))
     if q:
         where.append(Run.name.ilike(f"%{_escape_like(q)}%", escape="\\"))
     if tag:  # tags are a JSON list stored as text: match the JSON-encoded element, quotes included
@@ -83,8 +122,8 @@ def runs_table(session: Session, project_id: int, *, q: str | None = None, tag: 
     elif sort == "created":
         ids = ids.order_by(Run.id.asc() if order == "asc" else Run.id.desc())
     else:
-        value = latest_value(sort)
-        if direction(sort) == "target":
+        value = best_value(sort) if mode == "best" else latest_value(sort)
+        if direction(sort) == "target" and mode != "best":
             value = func.abs(value - catalogue.target(sort))
         ids = ids.order_by((value.asc() if order == "asc" else value.desc()).nulls_last(), Run.id.desc())
     page_ids = list(session.scalars(ids.limit(limit).offset(offset)))
@@ -94,9 +133,17 @@ def runs_table(session: Session, project_id: int, *, q: str | None = None, tag: 
     shown = list(dict.fromkeys([*columns, *([sort] if sort not in SORTS else [])]))
     if page_ids:
         shown = _with_logged_beside(session, page_ids, shown)
-    table = RunsTable(runs=runs, total=total, columns=shown, sort=sort, order=order)
+    table = RunsTable(runs=runs, total=total, columns=shown, sort=sort, order=order, mode=mode)
     if page_ids:
-        table.values = latest_values(session, page_ids, shown)
+        points = table_points(session, page_ids, shown, mode)
+        table.values = {r: {n: v for n, (v, _) in p.items()} for r, p in points.items()}
+        table.steps = {r: {n: st for n, (_, st) in p.items()} for r, p in points.items()}
+        for run_id, suite, step in session.execute(
+                select(Artifact.run_id, Evaluation.suite, func.max(Artifact.step))
+                .join(Evaluation, Evaluation.artifact_id == Artifact.id)
+                .where(Artifact.run_id.in_(page_ids), Evaluation.status.in_(ACTIVE))
+                .group_by(Artifact.run_id, Evaluation.suite)):
+            table.pending_step.setdefault(run_id, {})[suite] = step
         table.last_step = dict(session.execute(select(Artifact.run_id, func.max(Artifact.step))
                                                .where(Artifact.run_id.in_(page_ids)).group_by(Artifact.run_id)).all())
     return table
@@ -132,6 +179,41 @@ def latest_values(session: Session, run_ids: list[int], names: list[str]) -> dic
         name = qualified(key, eid)
         if name in wanted:
             out[run_id][name] = value
+    return out
+
+
+def _better(name: str, value: float, best: float) -> bool:
+    """Strictly better by the direction of `name` (so the earliest step reaching the best value is kept)."""
+    d = direction(name)
+    if d == "higher":
+        return value > best
+    if d == "lower":
+        return value < best
+    if d == "target":
+        t = catalogue.target(name)
+        return abs(value - t) < abs(best - t)
+    return True  # no direction: the latest
+
+
+def table_points(session: Session, run_ids: list[int], names: list[str],
+                 mode: str = "latest") -> dict[int, dict[str, tuple[float, int]]]:
+    """{run: {name: (value, step)}} for a page of runs: the latest value (as latest_values) or, mode 'best', the
+    best over steps by the catalogue direction (a logged scalar has none: its latest)."""
+    out: dict[int, dict[str, tuple[float, int]]] = {r: {} for r in run_ids}
+    wanted = set(names)
+    keys = sorted({split_key(n)[0] for n in names})
+    if not run_ids or not keys:
+        return out
+    rows = session.execute(select(Metric.run_id, Metric.key, Metric.evaluation_id, Metric.value, Metric.step)
+                           .where(Metric.run_id.in_(run_ids), Metric.key.in_(keys))
+                           .order_by(Metric.run_id, Metric.key, Metric.step, Metric.evaluation_id, Metric.id))
+    for run_id, key, eid, value, step in rows:
+        name = qualified(key, eid)
+        if name not in wanted:
+            continue
+        seen = out[run_id].get(name)
+        if mode != "best" or seen is None or _better(name, value, seen[0]):
+            out[run_id][name] = (value, step)
     return out
 
 
