@@ -9,6 +9,7 @@ arrays are memory-mapped and scanned in row chunks.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import math
 import os
@@ -55,6 +56,9 @@ class EmbeddingsInfo:
     n_classes: int | None
     extra_keys: tuple[str, ...] = ()
     n_views: int = 0  # q augmented views per row in a 'views' array (N x q x D), for LiDAR
+    # sha256 of the labels as little-endian int64 (whatever their stored dtype): the dataset identity that
+    # cross-project leaderboards group by (backend.services.leaderboards)
+    labels_sha256: str | None = None
 
     def to_meta(self) -> dict:
         meta = asdict(self)
@@ -587,6 +591,13 @@ def _validated(path, filename, max_elements: int | None, zip_limits: ZipLimits |
         yield fmt, members, extra, _small_arrays(members)
 
 
+def labels_digest(labels: np.ndarray | None) -> str | None:
+    """sha256 of the labels as a little-endian int64 array (the same for any integer dtype); None without labels."""
+    if labels is None:
+        return None
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype="<i8").tobytes()).hexdigest()
+
+
 def inspect_embeddings(
     path, filename: str | None = None, *, max_elements: int | None = None, chunk_rows: int = 65536,
     zip_limits: ZipLimits | None = None,
@@ -609,7 +620,7 @@ def inspect_embeddings(
             format=fmt, n=n, d=d, dtype=emb.dtype_name, has_labels=labels is not None,
             has_split=small["split"] is not None, has_poison=small["poison"] is not None,
             n_classes=None if labels is None else int(np.unique(labels).size), extra_keys=extra,
-            n_views=0 if views is None else int(views.shape[1]),
+            n_views=0 if views is None else int(views.shape[1]), labels_sha256=labels_digest(labels),
         )  # fmt: skip
 
 

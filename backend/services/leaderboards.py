@@ -25,6 +25,18 @@ beats on that metric; the Borda score is the sum over metrics, and rank 1 is the
     nothing;
   * metrics without a direction are not counted.
 Equal Borda scores share a rank ("1224" competition ranking); rows are then listed by run name.
+
+Scope (issue #20): a dataset *name* is free text, so two projects may use one name for different data. A board is
+scoped to (project, dataset name) by default. The cross-project view mixes only embeddings whose dataset identity
+and embedding dimension d (the artifact's meta ``d``) both match, one board per (identity, d):
+
+* embeddings the server derived from a checkpoint on a registered dataset: the dataset's content hash as the
+  upload pinned it — a server folder's manifest hash (repscope.dataset_manifest, recorded in the embed step's
+  params as ``dataset_manifest``), else the registered dataset's sha256 (an upload's file hash, a built-in's
+  generator version); verified;
+* uploaded embeddings whose meta carries ``labels_sha256`` (sha256 of the labels array): that hash and N; verified;
+* every other upload: the dataset name, N and the number of classes — *unverified* (nothing hashes the content),
+  shown as such on the page; two uploads fall in one group only when all three agree.
 """
 
 from __future__ import annotations
@@ -40,10 +52,11 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from backend.models import Artifact, Evaluation, Metric, Project, Run
+from backend.models import Artifact, Dataset, Evaluation, Metric, Project, Run
 from backend.services.metrics import LOGGED_PREFIX
 from repscope import catalogue
 from repscope.catalogue import Direction
+from repscope.suites import EMBED_STEP
 
 NO_DATASET = "-"  # leaderboard of embeddings uploaded without a dataset name
 DEFAULT_COLUMNS = catalogue.LEADERBOARD_COLUMNS
@@ -139,6 +152,8 @@ class Leaderboard:
     order: str
     rows: list[Row]
     available: list[str]
+    project: str | None = None  # the scope: one project's runs (None: every project, or one identity group)
+    groups: list[dict] = field(default_factory=list)  # the (identity, d) groups of the embeddings on the board
     definition: str = ("Borda: per metric, a run earns one point per run it beats; a tie earns 0.5 to each; "
                        "a value beats a missing value; metrics without a direction are not counted. "
                        "Rank 1 = largest sum; equal sums share a rank.")
@@ -151,13 +166,20 @@ def _dataset_filter(stmt, dataset: str):  # noqa: ANN001, ANN202
     return stmt.where(Artifact.dataset.is_(None) if dataset == NO_DATASET else Artifact.dataset == dataset)
 
 
-def available_keys(session: Session, dataset: str, project: str | None = None) -> list[str]:
-    stmt = (select(Metric.key).join(Evaluation, Metric.evaluation_id == Evaluation.id)
-            .join(Artifact, Evaluation.artifact_id == Artifact.id).distinct())
+def _scope(stmt, dataset: str, project: str | None, artifact_ids: list[int] | None):  # noqa: ANN001, ANN202
     stmt = _dataset_filter(stmt, dataset)
     if project:
         stmt = stmt.join(Run, Metric.run_id == Run.id).join(Project).where(Project.name == project)
-    return sorted(session.scalars(stmt))
+    if artifact_ids is not None:
+        stmt = stmt.where(Artifact.id.in_(artifact_ids))
+    return stmt
+
+
+def available_keys(session: Session, dataset: str, project: str | None = None,
+                   artifact_ids: list[int] | None = None) -> list[str]:
+    stmt = (select(Metric.key).join(Evaluation, Metric.evaluation_id == Evaluation.id)
+            .join(Artifact, Evaluation.artifact_id == Artifact.id).distinct())
+    return sorted(session.scalars(_scope(stmt, dataset, project, artifact_ids)))
 
 
 def default_metrics(available: list[str]) -> list[str]:
@@ -167,15 +189,17 @@ def default_metrics(available: list[str]) -> list[str]:
 
 def leaderboard(session: Session, dataset: str, metrics: list[str] | None = None, *, pick: Pick = "last",
                 by: str | None = None, sort: str | None = None, order: str | None = None,
-                project: str | None = None) -> Leaderboard:
+                project: str | None = None, artifact_ids: list[int] | None = None) -> Leaderboard:
     """One row per run that has at least one of the chosen metrics on `dataset`.
 
     pick='last': the run's largest step having any of the chosen metrics. pick='best': the step where the
     `by` metric (default: the first chosen metric with a direction) is best for that run, the earliest such
     step on ties; a run without a value of `by` falls back to its last step. Every value of a row comes
     from that one step (one checkpoint), so missing values are possible (e.g. probes still running).
+    `project` keeps one project's runs; `artifact_ids` keeps the evaluations of those embeddings (one
+    cross-project (identity, d) group).
     """
-    available = available_keys(session, dataset, project)
+    available = available_keys(session, dataset, project, artifact_ids)
     metrics = list(dict.fromkeys(metrics or default_metrics(available)))[:MAX_METRICS]
     if by is None or by not in metrics:
         by = next((m for m in metrics if direction(m) != "none"), metrics[0] if metrics else None)
@@ -183,9 +207,7 @@ def leaderboard(session: Session, dataset: str, metrics: list[str] | None = None
             .join(Evaluation, Metric.evaluation_id == Evaluation.id)
             .join(Artifact, Evaluation.artifact_id == Artifact.id)
             .where(Metric.key.in_(metrics)))
-    stmt = _dataset_filter(stmt, dataset)
-    if project:
-        stmt = stmt.join(Run, Metric.run_id == Run.id).join(Project).where(Project.name == project)
+    stmt = _scope(stmt, dataset, project, artifact_ids)
     # run -> step -> key -> (evaluation id, value); the newest evaluation wins at equal (run, step, key)
     table: dict[int, dict[int, dict[str, tuple[int, float]]]] = defaultdict(lambda: defaultdict(dict))
     for run_id, step, key, value, eid in session.execute(stmt):
@@ -214,7 +236,7 @@ def leaderboard(session: Session, dataset: str, metrics: list[str] | None = None
     rows = sort_rows(rows, sort, order)
     return Leaderboard(dataset=dataset, pick=pick, by=by, metrics=metrics,
                        directions={m: direction(m) for m in metrics}, sort=sort, order=order, rows=rows,
-                       available=[k for k in available if "@d" not in k])
+                       available=[k for k in available if "@d" not in k], project=project)
 
 
 def _pick_step(steps: dict[int, dict[str, tuple[int, float]]], pick: str, by: str | None) -> int:
@@ -269,10 +291,122 @@ def _fmt(x: float) -> str:
 
 
 def leaderboard_index(session: Session) -> list[dict]:
-    """Datasets that have evaluated embeddings: name (NO_DATASET for unnamed), runs, artifacts."""
+    """The default boards, one per (project, dataset name) with embeddings: runs, artifacts (NO_DATASET for
+    embeddings uploaded without a name)."""
     rows = session.execute(
-        select(Artifact.dataset, func.count(func.distinct(Artifact.run_id)), func.count(Artifact.id))
-        .where(Artifact.kind == "embeddings").group_by(Artifact.dataset)).all()
-    out = [{"dataset": ds if ds is not None else NO_DATASET, "runs": n_runs, "artifacts": n}
-           for ds, n_runs, n in rows]
-    return sorted(out, key=lambda d: (d["dataset"] == NO_DATASET, d["dataset"]))
+        select(Project.name, Artifact.dataset, func.count(func.distinct(Artifact.run_id)), func.count(Artifact.id))
+        .join(Run, Artifact.run_id == Run.id).join(Project, Run.project_id == Project.id)
+        .where(Artifact.kind == "embeddings").group_by(Project.name, Artifact.dataset)).all()
+    out = [{"project": p, "dataset": ds if ds is not None else NO_DATASET, "runs": n_runs, "artifacts": n}
+           for p, ds, n_runs, n in rows]
+    return sorted(out, key=lambda d: (d["dataset"] == NO_DATASET, d["dataset"], d["project"]))
+
+
+def projects_with(session: Session, dataset: str) -> list[str]:
+    """The projects that have embeddings on `dataset` (by name), sorted."""
+    stmt = (select(Project.name).join(Run, Run.project_id == Project.id).join(Artifact, Artifact.run_id == Run.id)
+            .where(Artifact.kind == "embeddings").distinct())
+    return sorted(session.scalars(_dataset_filter(stmt, dataset)))
+
+
+# --- dataset identity and the cross-project view -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Identity:
+    key: str  # what groups boards: equal keys = the same dataset content (when verified)
+    label: str  # for people
+    verified: bool  # False: no content hash, only the name, N and the number of classes
+
+
+def _short(h: str) -> str:
+    return h.rsplit(":", 1)[-1][:12]
+
+
+def artifact_identity(dataset: str | None, meta: dict, derived: bool, registered: Dataset | None,
+                      manifest: str | None) -> Identity:
+    """The dataset identity of one embeddings artifact (rules in the module docstring)."""
+    meta = meta or {}
+    n = meta.get("n")
+    if derived and manifest:
+        return Identity(f"manifest:{manifest}", f"server folder, manifest {_short(manifest)}", True)
+    if derived and registered is not None and registered.sha256:
+        return Identity(f"dataset-sha256:{registered.sha256}",
+                        f"registered dataset, sha256 {registered.sha256[:12]}", True)
+    if meta.get("labels_sha256"):
+        return Identity(f"labels-sha256:{meta['labels_sha256']}:n={n}",
+                        f"labels sha256 {str(meta['labels_sha256'])[:12]}, N={n}", True)
+    name = dataset if dataset is not None else NO_DATASET
+    k = meta.get("n_classes")
+    return Identity(f"name:{name}:n={n}:classes={k}",
+                    f"name only: N={n}" + (f", {k} classes" if k else ", no labels"), False)
+
+
+def identity_groups(session: Session, dataset: str, project: str | None = None) -> list[dict]:
+    """The embeddings on `dataset` (optionally one project's) grouped by (identity, d), largest group first:
+    identity, label, verified, d, projects, runs, artifact_ids."""
+    stmt = (select(Artifact.id, Artifact.dataset, Artifact.meta, Artifact.parent_id, Artifact.run_id, Project.name)
+            .join(Run, Artifact.run_id == Run.id).join(Project, Run.project_id == Project.id)
+            .where(Artifact.kind == "embeddings"))
+    stmt = _dataset_filter(stmt, dataset)
+    if project:
+        stmt = stmt.where(Project.name == project)
+    arts = session.execute(stmt).all()
+    parents = {a.parent_id for a in arts if a.parent_id is not None}
+    manifests: dict[int, str] = {}
+    if parents:
+        for aid, params in session.execute(select(Evaluation.artifact_id, Evaluation.params).where(
+                Evaluation.artifact_id.in_(parents), Evaluation.suite == EMBED_STEP)):
+            if (params or {}).get("dataset_manifest"):
+                manifests[aid] = params["dataset_manifest"]
+    registered = session.scalar(select(Dataset).where(Dataset.name == dataset)) if dataset != NO_DATASET else None
+    groups: dict[tuple[str, int | None], dict] = {}
+    for a in arts:
+        ident = artifact_identity(a.dataset, a.meta, a.parent_id is not None, registered,
+                                  manifests.get(a.parent_id) if a.parent_id is not None else None)
+        d = (a.meta or {}).get("d")
+        g = groups.setdefault((ident.key, d), {"identity": ident.key, "label": ident.label,
+                                               "verified": ident.verified, "d": d, "projects": set(),
+                                               "runs": set(), "artifact_ids": []})
+        g["projects"].add(a.name)
+        g["runs"].add(a.run_id)
+        g["artifact_ids"].append(a.id)
+    out = [{**g, "projects": sorted(g["projects"]), "runs": len(g["runs"])} for g in groups.values()]
+    return sorted(out, key=lambda g: (-g["runs"], g["identity"], g["d"] if g["d"] is not None else -1))
+
+
+def cross_project_index(session: Session) -> list[dict]:
+    """Every (dataset name, identity, d) group across projects: the cross-project boards."""
+    names = sorted({b["dataset"] for b in leaderboard_index(session)}, key=lambda n: (n == NO_DATASET, n))
+    return [{"dataset": name, **{k: v for k, v in g.items() if k != "artifact_ids"},
+             "artifacts": len(g["artifact_ids"])} for name in names for g in identity_groups(session, name)]
+
+
+def cross_project_boards(session: Session, dataset: str, metrics: list[str] | None = None, **kwargs) -> list[dict]:
+    """One board per (identity, d) group of `dataset` across projects: the group's fields plus `board`. Every
+    board has the same metric columns (default: chosen from the keys of all groups)."""
+    metrics = metrics or default_metrics(available_keys(session, dataset))
+    return [{**{k: v for k, v in g.items() if k != "artifact_ids"},
+             "board": leaderboard(session, dataset, metrics, artifact_ids=g["artifact_ids"], **kwargs)}
+            for g in identity_groups(session, dataset)]
+
+
+def scoped_leaderboard(session: Session, dataset: str, project: str, metrics: list[str] | None = None,
+                       **kwargs) -> Leaderboard:
+    """The default board: one project's runs on `dataset`, with the (identity, d) groups it holds."""
+    board = leaderboard(session, dataset, metrics, project=project, **kwargs)
+    board.groups = [{k: v for k, v in g.items() if k not in ("artifact_ids", "projects")}
+                    for g in identity_groups(session, dataset, project)]
+    return board
+
+
+def cross_csv(boards: list[dict]) -> str:
+    """The cross-project boards as one CSV: identity and d first, then to_csv's columns."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for i, g in enumerate(boards):
+        lines = list(csv.reader(io.StringIO(to_csv(g["board"]))))
+        if i == 0:
+            writer.writerow(["identity", "d", *lines[0]])
+        for line in lines[1:]:
+            writer.writerow([g["identity"], "" if g["d"] is None else g["d"], *line])
+    return out.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -82,8 +83,9 @@ def test_npz_round_trip(tmp_path, compressed):
     save = np.savez_compressed if compressed else np.savez
     save(path, embeddings=x, labels=labels, split=split, poison=poison, notes=np.arange(3))
     info = inspect_embeddings(path, chunk_rows=7)
+    digest = hashlib.sha256(labels.astype("<i8").tobytes()).hexdigest()  # the same for any integer dtype
     assert info == EmbeddingsInfo(
-        "npz", 50, 8, "float32", True, True, True, len(np.unique(labels)), ("notes",)
+        "npz", 50, 8, "float32", True, True, True, len(np.unique(labels)), ("notes",), labels_sha256=digest
     )
     assert json.loads(json.dumps(info.to_meta()))["extra_keys"] == ["notes"]
     arrays = load_embeddings(path)
@@ -145,7 +147,9 @@ def test_pt_dict_of_tensors(tmp_path):
         {"embeddings": t, "labels": labels, "split": split, "poison": poison, "meta": 1}, tmp_path / "d.pt"
     )
     info = inspect_embeddings(tmp_path / "d.pt")
-    assert info == EmbeddingsInfo("pt", 30, 4, "float64", True, True, True, 3, ("meta",))
+    assert info.labels_sha256 == hashlib.sha256((np.arange(30) % 3).astype("<i8").tobytes()).hexdigest()
+    assert info == EmbeddingsInfo("pt", 30, 4, "float64", True, True, True, 3, ("meta",),
+                                  labels_sha256=info.labels_sha256)
     arrays = load_embeddings(tmp_path / "d.pt")
     np.testing.assert_array_equal(arrays.embeddings, t.numpy())
     np.testing.assert_array_equal(arrays.labels, labels.numpy())

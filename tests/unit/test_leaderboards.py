@@ -159,7 +159,7 @@ def test_leaderboard_api_input_errors_and_index(api):
     default = api.get("/api/v1/leaderboards/imagenet").json()
     assert default["metrics"] == ["rankme"] and default["rows"][0]["rank"] == 1
     index = api.get("/api/v1/leaderboards").json()
-    assert {"dataset": "imagenet", "runs": 1, "artifacts": 1} in index
+    assert {"project": "board", "dataset": "imagenet", "runs": 1, "artifacts": 1} in index  # one per (project, name)
 
 
 # --- rank correlations --------------------------------------------------------------------------------------
