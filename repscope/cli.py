@@ -298,7 +298,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     client = _client(args)
     try:
-        page = client.runs(project=args.project, tag=args.tag, q=args.q, limit=args.limit, offset=args.offset)
+        page = client.runs(project=args.project, tag=args.tag, q=args.q, archived=args.archived, limit=args.limit,
+                           offset=args.offset)
     except RepscopeError as exc:
         print(f"error: {exc.detail} (HTTP {exc.status_code})", file=sys.stderr)
         return 1
@@ -308,7 +309,46 @@ def cmd_runs(args: argparse.Namespace) -> int:
     print(f"{page['total']} run(s)")
     for run in page["items"]:
         tags = f" [{', '.join(run['tags'])}]" if run["tags"] else ""
-        print(f"{run['id']:>6}  {run['project']}/{run['name']}{tags}")
+        archived = " (archived)" if run.get("archived") else ""
+        print(f"{run['id']:>6}  {run['project']}/{run['name']}{tags}{archived}")
+    return 0
+
+
+def cmd_run_manage(args: argparse.Namespace) -> int:
+    """`repscope run rename|notes|tags|archive|restore|delete RUN_ID ...` (write scope)."""
+    from repscope.client import RepscopeError
+
+    client = _client(args)
+    action = args.run_command
+    try:
+        if action == "delete":
+            if not args.yes:
+                info = client.get_run(args.run_id)
+                answer = input(f"delete run {info.id} ({info.project}/{info.name}) with its artifacts, evaluations "
+                               "and metrics? This cannot be undone. [y/N] ")
+                if answer.strip().lower() not in ("y", "yes"):
+                    print("not deleted", file=sys.stderr)
+                    return 1
+            counts = client.delete_run(args.run_id)
+            if args.json:
+                _print_json(counts)
+            else:
+                print(f"deleted run {args.run_id}: {counts['artifacts']} artifact(s), {counts['evaluations']} "
+                      f"evaluation(s), {counts['metrics']} metric value(s), {counts['files']} stored file(s)")
+            return 0
+        notes = (sys.stdin.read() if args.text == "-" else args.text) if action == "notes" else None
+        fields = {"rename": {"name": getattr(args, "name", None)}, "notes": {"notes": notes},
+                  "tags": {"tags": getattr(args, "tags", None)}, "archive": {"archived": True},
+                  "restore": {"archived": False}}[action]
+        run = client.update_run(args.run_id, **fields)
+    except RepscopeError as exc:
+        print(f"error: {exc.detail} (HTTP {exc.status_code})", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(run.model_dump(mode="json"))
+    else:
+        tags = f" [{', '.join(run.tags)}]" if run.tags else ""
+        print(f"run {run.id}: {run.project}/{run.name}{tags}{' (archived)' if run.archived else ''}")
     return 0
 
 
@@ -320,10 +360,14 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         params["metric"] = args.metric
     if args.project:
         params["project"] = args.project
+    if args.cross_project:
+        params["scope"] = "all"
     response = client.http.get(f"/leaderboards/{args.dataset}", params=params)
     if not response.is_success:
-        print(f"error: {response.json().get('detail', response.text)} (HTTP {response.status_code})",
-              file=sys.stderr)
+        detail = response.json().get("detail", response.text)
+        if isinstance(detail, dict):  # 409: the name is used by several projects
+            detail = f"{detail.get('message')}; projects: {', '.join(detail.get('projects', []))}"
+        print(f"error: {detail} (HTTP {response.status_code})", file=sys.stderr)
         return 1
     if args.csv:
         print(response.text, end="")
@@ -332,6 +376,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(board)
         return 0
+    if args.cross_project:
+        for i, group in enumerate(board.get("boards", [])):
+            verified = "" if group.get("verified") else " (unverified: name, N and classes only)"
+            print(f"{chr(10) if i else ''}board {i + 1}: d={group.get('d')} · {group.get('label')}{verified} · "
+                  f"projects {', '.join(group.get('projects', []))}")
+            _print_board(group.get("board", {}))
+        return 0
+    _print_board(board)
+    return 0
+
+
+def _print_board(board: dict) -> None:
+    """One leaderboard as aligned text columns."""
     metrics = board.get("metrics", [])
     header = ["#", "run", "step", *metrics, "borda"]
     rows = [[str(r.get("rank", i + 1)), f"{r.get('project')}/{r.get('run')}", str(r.get("step", "")),
@@ -341,7 +398,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-    return 0
 
 
 def _queue_line(ev) -> str:  # noqa: ANN001 - an EvaluationRead
@@ -453,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--project")
     runs.add_argument("--tag")
     runs.add_argument("-q", help="substring of the run name")
+    runs.add_argument("--archived", choices=["false", "true", "all"], default="false",
+                      help="false: live runs only (default); true: archived runs only; all: both")
     runs.add_argument("--limit", type=int, default=50)
     runs.add_argument("--offset", type=int, default=0)
     runs.add_argument("--json", action="store_true", help="print JSON")
@@ -462,6 +520,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     url_help = "server URL (default $REPSCOPE_URL or http://127.0.0.1:8000)"
     default_url = os.environ.get("REPSCOPE_URL", "http://127.0.0.1:8000")
+    run = sub.add_parser("run", help="rename, annotate, tag, archive or delete a run (write scope)",
+                         description="Change one run by id (see `repscope runs`; needs a token with the write "
+                                     "scope). An archived run is hidden from listings and its project page unless "
+                                     "asked for (`repscope runs --archived all`); `restore` brings it back.")
+    run_sub = run.add_subparsers(dest="run_command", required=True)
+    helps = {"rename": "give the run another name (refused when the project already has a run of that name)",
+             "notes": "replace the run's notes (free text; '' clears them, '-' reads them from stdin)",
+             "tags": "replace the run's tags with these (none: no tags)",
+             "archive": "archive the run: hidden from listings by default, nothing is deleted",
+             "restore": "un-archive the run",
+             "delete": "delete the run with its artifacts, evaluations and metrics (its queued and running "
+                       "evaluations are cancelled first; stored files no other run shares are removed). Asks "
+                       "first unless --yes; cannot be undone"}
+    for action, text in helps.items():
+        p = run_sub.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("run_id", type=int, metavar="RUN_ID", help="run id")
+        if action == "rename":
+            p.add_argument("name", help="the new name")
+        elif action == "notes":
+            p.add_argument("text", help="the notes ('-': read from stdin)")
+        elif action == "tags":
+            p.add_argument("tags", nargs="*", metavar="TAG")
+        elif action == "delete":
+            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        p.add_argument("--json", action="store_true", help="print JSON")
+        p.add_argument("--url", default=default_url, help=url_help)
+        p.set_defaults(func=cmd_run_manage)
+
     lb = sub.add_parser("leaderboard", help="print a dataset's leaderboard",
                         description="One row per run evaluated on DATASET, ranked by Borda count across the "
                                     "metrics (per metric, one point per run beaten).")
@@ -469,7 +555,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--metric", action="append", help="a metric column (repeat); default rankme, linear_top1, "
                                                       "knn20_top1 where present")
     lb.add_argument("--pick", choices=["last", "best"], default="last", help="per run: last step or best step")
-    lb.add_argument("--project", help="only this project's runs")
+    lb.add_argument("--project", help="this project's runs (default: the only project using the name; an "
+                                      "error lists the projects when several do)")
+    lb.add_argument("--cross-project", action="store_true",
+                    help="across projects: one board per (dataset identity, embedding dimension d)")
     lb.add_argument("--csv", action="store_true", help="print CSV")
     lb.add_argument("--json", action="store_true", help="print JSON")
     lb.add_argument("--url", default=default_url, help=url_help)

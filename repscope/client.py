@@ -54,6 +54,15 @@ class EvaluationFailed(RepscopeError):
     pass
 
 
+class RunConfigConflict(RepscopeError):
+    """`Client.run` named an existing run whose stored config differs (409): `differing_keys` lists the top-level
+    keys. Pass `update=True` to replace the stored config, or pick another run name."""
+
+    def __init__(self, detail: str, differing_keys: list[str]) -> None:
+        super().__init__(409, f"{detail} (Client.run(..., update=True) replaces the stored config)")
+        self.differing_keys = differing_keys
+
+
 def _check(response: httpx.Response) -> httpx.Response:
     if response.is_success:
         return response
@@ -62,6 +71,14 @@ def _check(response: httpx.Response) -> httpx.Response:
     except ValueError:
         detail = response.text
     raise RepscopeError(response.status_code, str(detail))
+
+
+def _json_or_empty(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _retry_after(response: httpx.Response, cap: float = 60.0) -> float:
@@ -117,11 +134,33 @@ class Client:
         return _check(self.http.get("/health")).json()
 
     def run(self, project: str, name: str, config: dict[str, Any] | None = None, tags: Iterable[str] = (), *,
-            background: bool = True, max_pending: int = 8) -> RunHandle:
-        """Get or create the run (project, name). get-or-create is idempotent, so it is retried."""
-        body = {"project": project, "name": name, "config": config or {}, "tags": list(tags)}
-        info = RunRead.model_validate(_check(self._send(lambda: self.http.post("/runs", json=body))).json())
+            update: bool = False, background: bool = True, max_pending: int = 8) -> RunHandle:
+        """Get or create the run (project, name). get-or-create is idempotent, so it is retried. An existing run
+        whose stored config differs from a non-empty `config` raises RunConfigConflict, unless `update=True`
+        (then the stored config is replaced by this one); new tags are merged in."""
+        body = {"project": project, "name": name, "config": config or {}, "tags": list(tags), "update": update}
+        response = self._send(lambda: self.http.post("/runs", json=body))
+        if response.status_code == 409 and "differing_keys" in (payload := _json_or_empty(response)):
+            raise RunConfigConflict(str(payload.get("detail", "")), list(payload["differing_keys"]))
+        info = RunRead.model_validate(_check(response).json())
         return RunHandle(self, info, background=background, max_pending=max_pending)
+
+    def get_run(self, run_id: int) -> RunRead:
+        return RunRead.model_validate(_check(self._send(lambda: self.http.get(f"/runs/{run_id}"))).json())
+
+    def update_run(self, run_id: int, *, name: str | None = None, notes: str | None = None,
+                   tags: Iterable[str] | None = None, archived: bool | None = None) -> RunRead:
+        """Rename (409 when the project has a run of that name), set notes ("" clears them), replace the tags,
+        archive (hidden from listings by default) or restore (`archived=False`). Write scope."""
+        body = {k: v for k, v in {"name": name, "notes": notes, "tags": None if tags is None else list(tags),
+                                  "archived": archived}.items() if v is not None}
+        return RunRead.model_validate(_check(self._send(lambda: self.http.patch(f"/runs/{run_id}", json=body))).json())
+
+    def delete_run(self, run_id: int) -> dict[str, int]:
+        """Delete a run with its metrics, evaluations and artifacts (its queued and running evaluations are
+        cancelled first; stored files no other artifact shares are removed). Cannot be undone. Write scope.
+        Returns the counts deleted. Not retried (a second try answers 404)."""
+        return _check(self.http.delete(f"/runs/{run_id}")).json()
 
     def evaluation(self, evaluation_id: int) -> EvaluationRead:
         response = self._send(lambda: self.http.get(f"/evaluations/{evaluation_id}"))
@@ -161,9 +200,10 @@ class Client:
         return [done[e] for e in evaluation_ids]
 
     def runs(self, *, project: str | None = None, tag: str | None = None, q: str | None = None,
-             limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        params = {k: v for k, v in {"project": project, "tag": tag, "q": q, "limit": limit, "offset": offset}.items()
-                  if v is not None}
+             archived: str = "false", limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """One page of runs; `archived`: "false" (live runs only, the default), "true" (archived only) or "all"."""
+        params = {k: v for k, v in {"project": project, "tag": tag, "q": q, "archived": archived, "limit": limit,
+                                    "offset": offset}.items() if v is not None}
         return _check(self.http.get("/runs", params=params)).json()
 
     def _send(self, request: Callable[[], httpx.Response]) -> httpx.Response:
@@ -369,6 +409,16 @@ class RunHandle:
 
     def __repr__(self) -> str:
         return f"RunHandle(id={self.id}, project={self.info.project!r}, name={self.info.name!r})"
+
+    def update(self, *, name: str | None = None, notes: str | None = None, tags: Iterable[str] | None = None,
+               archived: bool | None = None) -> RunRead:
+        """Rename, set notes, replace tags, archive or restore this run (see Client.update_run)."""
+        self.info = self.client.update_run(self.id, name=name, notes=notes, tags=tags, archived=archived)
+        return self.info
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.info.config
 
     def _submit(self, job: Callable[[], Any]) -> Upload:
         if self._uploader is None:
