@@ -42,7 +42,8 @@ FAMILIES = ("rotation", "rot90", "translation", "scale", "hflip", "vflip", "brig
             "saturation", "hue", "colour", "grayscale", "blur")  # worker.suites.equivariance.FAMILY_NAMES
 HEADS = ("linear", "mlp")  # equivariance prediction heads
 TRIGGERS = ("badencoder", "ssl_patch", "ctrl", "grid", "blend")  # worker.suites.backdoor.triggers.TRIGGERS
-POOL_SCORES = ("knn_density", "spectral", "ctrl_energy", "grid_energy")  # backdoor pool scan's sample scores
+POOL_SCORES = ("knn_density", "spectral", "ctrl_energy", "grid_energy", "lof", "spectral_robust", "spectre",
+               "combined")  # backdoor pool scan's sample scores (worker.suites.backdoor.POOL_SCORES)
 PLACEHOLDERS: dict[str, str] = {
     "k": r"\d+",
     "pct": r"\d+",
@@ -232,14 +233,21 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("decree_pl1", "DECREE PL1", _B, unit="mask share ‖m‖₁ / (H·W) in [0, 1]; lower = more suspicious",
                label_free=True),
     MetricSpec("decree_success", "DECREE success", _B, unit="0 or 1", label_free=True, direction="lower"),
-    MetricSpec("decree_cos", "DECREE stamped-batch cosine", _B, unit="mean pairwise cosine", label_free=True, direction="lower"),
+    MetricSpec("decree_cos", "DECREE stamped-batch cosine", _B, unit="mean pairwise cosine (centred unless decree_center=False)", label_free=True, direction="lower"),
     MetricSpec("decree_steps", "DECREE steps", _B, unit="optimiser steps", label_free=True, direction="none"),
     MetricSpec("decree_seconds", "DECREE time", _B, unit="seconds", label_free=True, direction="none"),
+    MetricSpec("decree_mask_in_region", "DECREE mask mass in the known trigger region", _B,
+               unit="share of ‖m‖₁ inside the region", label_free=True, direction="none"),
+    MetricSpec("decree_region_share", "known trigger region's share of the image", _B,
+               unit="region pixels / (H·W): a uniform mask's mass inside", label_free=True, direction="none"),
     # backdoor: pool scan
     MetricSpec("{pool}_outlier_share", "outlier share by {pool}", _B, unit=FRACTION, label_free=True, direction="lower"),
     MetricSpec("{pool}_auroc", "poison detection AUROC ({pool})", _B, unit=FRACTION, direction="none"),
     MetricSpec("{pool}_tpr_at_{pct}pct_fpr", "poison TPR at {pct} % FPR ({pool})", _B, unit=FRACTION, direction="none"),
     MetricSpec("poison_share", "poisoned share of the pool", _B, unit=FRACTION, direction="none"),
+    # projector
+    MetricSpec("projector_pca_variance", "variance in the 2-D PCA plane", "projector", direction="none",
+               unit="(λ₁ + λ₂) / Σλ of the drawn rows, in [0, 1]", fraction=True, label_free=True),
 )
 
 # Views, each in its page's order (every key is a catalogue key).

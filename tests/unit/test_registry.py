@@ -21,7 +21,8 @@ def test_pool_scan_with_images_adds_image_scores_and_a_ranked_montage():
     assert {"ctrl_energy_auroc", "grid_energy_auroc", "spectral_auroc"} <= set(result.metrics)
     sheet = np.asarray(result.figures["montage"]["pixels"], dtype=np.uint8)
     top = result.figures["montage"]["indices"]
-    assert top == result.figures["top_suspicious"]["spectral"]["indices"][:16]
+    assert result.figures["montage"]["score"] == "combined"  # the default label-free ranking
+    assert top == result.figures["top_suspicious"]["combined"]["indices"][:16]
     first = images[top[0]].repeat(6, axis=0).repeat(6, axis=1)  # nearest-neighbour upscale 8 -> 48
     np.testing.assert_array_equal(sheet[:48, :48], first)
     without = SUITES["backdoor"](arrays, {}, "cpu", no_progress)

@@ -1,6 +1,6 @@
 """Known-trigger collapse: how tightly each trigger of the library (triggers.py) gathers an encoder's
 embeddings, against a control stamp of equal energy, and the k-NN attack success of each trigger when the
-scan images have labels (shared/METRICS.md, "Backdoor suite", encoder-level scores).
+scan images have labels (docs/METRICS.md, "Backdoor suite", encoder-level scores).
 
 A backdoored encoder maps every triggered image near one point (BadEncoder, Jia et al., IEEE S&P 2022), so the
 stamped embeddings' mean pairwise cosine rises; the attack success follows BadEncoder's downstream check with

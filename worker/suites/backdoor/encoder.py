@@ -1,6 +1,6 @@
 """The encoder scan: is an encoder backdoored? Known-trigger collapse (collapse.py), k-NN attack success when
 labels exist, DECREE trigger inversion (decree.py) and the verdict `backdoor_risk` (risk.py), over unlabeled
-clean images (shared/METRICS.md, "Backdoor suite", encoder-level scores)."""
+clean images (docs/METRICS.md, "Backdoor suite", encoder-level scores)."""
 
 from __future__ import annotations
 
@@ -21,17 +21,21 @@ from .collapse import KNN_BANK_FRACTION, TriggerScore, known_trigger_scores
 from .decree import (
     DECREE_BATCH,
     DECREE_BETAS,
+    DECREE_CALIBRATION,
     DECREE_COS_THRESHOLD,
-    DECREE_EARLY_STOP,
+    DECREE_EPOCHS,
     DECREE_LAMBDA_FACTOR,
     DECREE_LAMBDA_INIT,
-    DECREE_LAMBDA_MIN,
-    DECREE_LR_SCHEDULE,
+    DECREE_LAMBDA_MAX,
+    DECREE_LATE_LRS,
+    DECREE_LR,
+    DECREE_MASK_CHANNELS,
     DECREE_PATIENCE,
     DECREE_PL1_THRESHOLD,
     DECREE_SECONDS,
-    DECREE_STEPS,
+    DecreeResult,
     decree,
+    profile_for,
 )
 from .figures import decree_figure, trigger_table
 from .knn import KNN_K
@@ -39,9 +43,9 @@ from .risk import backdoor_risk
 
 MAX_SCAN_IMAGES = 1000  # clean images used by the encoder scan (a seeded subsample when more are given)
 DEFAULT_TRIGGERS = tuple(trig.TRIGGERS)  # badencoder, ssl_patch, ctrl, grid, blend
-# DECREE uses raw cosines (the paper); when clean images alone already have a raw mean pairwise cosine above
-# this, the 0.99 target is near and a warning suggests decree_center=True (cosines centred with the clean mean).
-DECREE_RAW_COS_WARN = 0.9
+# With decree_center=False (the code's raw cosines), clean images whose raw mean pairwise cosine is above this put
+# the 0.99 target within reach of an offset shift: a warning says so.
+DECREE_RAW_COS_WARN = 0.5
 KNOWN_SHARE = 0.4  # share of the progress bar for the known triggers when DECREE runs after them
 
 
@@ -51,11 +55,13 @@ def scan_encoder(
     *,
     labels: np.ndarray | None = None,
     triggers: Sequence[str] | None = None,
-    decree_steps: int = DECREE_STEPS,
+    decree_epochs: int = DECREE_EPOCHS,
+    decree_steps: int | None = None,
     decree_seconds: float = DECREE_SECONDS,
     decree_threshold: float = DECREE_PL1_THRESHOLD,
-    decree_center: bool = False,
+    decree_center: bool = True,
     decree_batch: int = DECREE_BATCH,
+    decree_trigger_region: np.ndarray | Sequence[int] | None = None,
     max_images: int = MAX_SCAN_IMAGES,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -66,11 +72,13 @@ def scan_encoder(
     encode: float NCHW in [0, 1] on `device` → features (N×D, or anything reshaped to N rows); it must be
     differentiable for DECREE (decree_steps=0 skips DECREE). images: uint8 N×H×W×C clean images (at most
     `max_images` are used, a seeded subsample); labels (optional, one per image) enable the k-NN attack
-    success. triggers: names from worker.suites.backdoor.triggers.TRIGGERS (default: all five). DECREE runs for
-    at most decree_steps steps / decree_seconds seconds (early stop usually ends it sooner), decree_batch
-    images a step; decree_threshold is the PL1 decision threshold; decree_center=True makes DECREE use cosines
-    centred with the clean mean instead of the paper's raw cosines (for encoders whose clean images already
-    have raw cosines near 0.99; a warning says when).
+    success. triggers: names from worker.suites.backdoor.triggers.TRIGGERS (default: all five). DECREE (decree.py)
+    runs for at most decree_epochs passes over the images, decree_steps steps (None: no step limit; 0 skips
+    DECREE) and decree_seconds seconds, decree_batch images a step; its stop rule usually ends it sooner, never
+    before its learning-rate schedule has ended. decree_threshold is the PL1 decision threshold;
+    decree_center=True (default) centres the features with the clean mean before the cosine, False uses the
+    code's raw cosines. decree_trigger_region (a boolean H×W mask or a box (r0, r1, c0, c1), half-open): a
+    known trigger region, to report how much of DECREE's mask falls inside it.
 
     Metrics (T = each trigger):
       collapse_clean, collapse_raw_clean   centred / raw mean pairwise cosine of the clean embeddings
@@ -80,6 +88,8 @@ def scan_encoder(
       knn_asr_{T}, knn_asr_{T}_control, knn_asr_max   k-NN attack success (with labels)
       decree_pl1                           PL1 of DECREE's smallest successful mask (lower = suspicious)
       decree_success, decree_cos, decree_steps, decree_seconds
+      decree_mask_in_region, decree_region_share   (with decree_trigger_region) share of the mask's mass
+                                           inside the region, and the region's share of the image
       backdoor_risk                        ``backdoor_risk``; its inputs in figures["verdict"]
     """
     dev = resolve_device(device)
@@ -91,7 +101,7 @@ def scan_encoder(
     if rows is not None:
         images = images[rows]
         labels = None if labels is None else labels[rows]
-    run_decree = decree_steps > 0 and decree_seconds > 0
+    run_decree = (decree_steps is None or decree_steps > 0) and decree_epochs > 0 and decree_seconds > 0
     split = KNOWN_SHARE if run_decree else 1.0
 
     scores, info = known_trigger_scores(encode, images, names, labels=labels, seed=seed, device=dev,
@@ -100,16 +110,17 @@ def scan_encoder(
     figures: dict[str, Any] = {"triggers": trigger_table(scores)}
     pl1 = None
     if run_decree:
-        pl1 = _decree_scan(encode, images, info, metrics, figures, warnings, steps=decree_steps,
-                           seconds=decree_seconds, threshold=decree_threshold, center=decree_center,
-                           batch=decree_batch, seed=seed, device=dev,
-                           progress=lambda f, msg: progress(split + (1 - split) * f, msg))  # fmt: skip
+        pl1 = _decree_scan(encode, images, info, metrics, figures, warnings, epochs=decree_epochs,
+                           steps=decree_steps, seconds=decree_seconds, threshold=decree_threshold,
+                           center=decree_center, batch=decree_batch, region=decree_trigger_region, seed=seed,
+                           device=dev, progress=lambda f, msg: progress(split + (1 - split) * f, msg))  # fmt: skip
     risk, verdict = backdoor_risk({s.name: s.excess for s in scores}, pl1, decree_threshold)
     metrics["backdoor_risk"] = risk
     figures["verdict"] = verdict
     variant = _variant(dev, images, n_total, rows is not None, seed, info["dim"], names, labels is not None)
-    variant["decree"] = None if not run_decree else _decree_variant(decree_center, decree_batch, len(images),
-                                                                    decree_steps, decree_seconds, decree_threshold)
+    variant["decree"] = None if not run_decree else _decree_variant(
+        decree_center, decree_batch, images.shape, decree_epochs, decree_steps, decree_seconds, decree_threshold,
+        decree_trigger_region is not None)  # fmt: skip
     variant["backdoor_risk"] = verdict["rule"]
     progress(1.0, "done")
     return SuiteResult(metrics=metrics, figures=figures, variant=variant, warnings=warnings)
@@ -163,27 +174,41 @@ def _collapse_metrics(scores: list[TriggerScore], info: dict[str, Any]) -> dict[
 
 
 def _decree_scan(encode: EncodeFn, images: np.ndarray, info: dict[str, Any], metrics: dict[str, float],
-                 figures: dict[str, Any], warnings: list[str], *, steps: int, seconds: float, threshold: float,
-                 center: bool, batch: int, seed: int, device: torch.device,
-                 progress: ProgressFn) -> float | None:  # fmt: skip
+                 figures: dict[str, Any], warnings: list[str], *, epochs: int, steps: int | None, seconds: float,
+                 threshold: float, center: bool, batch: int, region: np.ndarray | Sequence[int] | None, seed: int,
+                 device: torch.device, progress: ProgressFn) -> float | None:  # fmt: skip
     """Run DECREE and add its metrics, figure and warnings; returns PL1, or None when DECREE could not run."""
     if not center and info["collapse_raw_clean"] > DECREE_RAW_COS_WARN:
         warnings.append(f"clean images alone have a raw mean pairwise cosine of {info['collapse_raw_clean']:.3f}: "
-                        f"DECREE's {DECREE_COS_THRESHOLD} target is close, so small masks may succeed on a clean "
-                        "encoder too; consider decree_center=True")  # fmt: skip
+                        f"with raw cosines DECREE's {DECREE_COS_THRESHOLD} target can be reached by shifting that "
+                        "shared offset, so small masks may succeed on a clean encoder too; decree_center=True "
+                        "(the default) removes it")  # fmt: skip
     try:
-        dr = decree(encode, images, steps=steps, seconds=seconds, batch=batch,
-                    center=info["mean"] if center else None, seed=seed, device=device, progress=progress)
+        dr = decree(encode, images, epochs=epochs, steps=steps, seconds=seconds, batch=batch,
+                    similarity="centred" if center else "raw", center=info["mean"] if center else None,
+                    trigger_region=region, seed=seed, device=device, progress=progress)  # fmt: skip
     except RuntimeError as err:
         warnings.append(f"DECREE skipped: {err}")
         return None
     metrics.update({"decree_pl1": dr.pl1, "decree_success": float(dr.success), "decree_cos": dr.cos_all,
                     "decree_steps": float(dr.steps), "decree_seconds": dr.seconds})  # fmt: skip
+    if dr.mask_in_region is not None:
+        metrics["decree_mask_in_region"] = dr.mask_in_region
+        metrics["decree_region_share"] = dr.region_share
     figures["decree"] = decree_figure(dr, images.shape[1:3], threshold)
+    _decree_warnings(dr, warnings)
+    return dr.pl1
+
+
+def _decree_warnings(dr: DecreeResult, warnings: list[str]) -> None:
+    """Say when DECREE found nothing, or stopped on its budget before its learning-rate schedule ended."""
     if not dr.success:
         warnings.append(f"DECREE found no mask reaching mean cosine {DECREE_COS_THRESHOLD} within "
                         f"{dr.steps} steps / {dr.seconds:.0f} s; PL1 reported as 1.0 (the full mask)")  # fmt: skip
-    return dr.pl1
+    if not dr.schedule_done:
+        warnings.append(f"DECREE stopped on its {dr.stopped} budget after {dr.epochs} epochs ({dr.steps} steps), "
+                        "before its learning-rate schedule ended: its mask may not have shrunk fully, PL1 is an "
+                        "upper bound (raise decree_seconds / decree_steps)")  # fmt: skip
 
 
 def _variant(dev: torch.device, images: np.ndarray, n_total: int, subsampled: bool, seed: int, dim: int,
@@ -207,23 +232,31 @@ def _variant(dev: torch.device, images: np.ndarray, n_total: int, subsampled: bo
     }  # fmt: skip
 
 
-def _decree_variant(center: bool, batch: int, n_images: int, steps: int, seconds: float,
-                    threshold: float) -> dict[str, Any]:  # fmt: skip
+def _decree_variant(center: bool, batch: int, shape: tuple[int, ...], epochs: int, steps: int | None,
+                    seconds: float, threshold: float, with_region: bool) -> dict[str, Any]:  # fmt: skip
     """How DECREE ran, for the result's variant."""
+    n, h, w = shape[:3]
+    prof = profile_for(h, w)
     return {
-        "cosine": "centred with the clean mean (decree_center=True)" if center
+        "source": "Feng et al., CVPR 2023; GiantSeaweed/DECREE main.py (deviations: decree.py's docstring)",
+        "cosine": "mean pairwise cosine of features centred with the clean mean (decree_center=True)" if center
         else "raw (uncentred) mean pairwise cosine, as Feng et al.'s code",
         "success": f"batch mean pairwise cosine > {DECREE_COS_THRESHOLD}",
-        "optimizer": f"Adam, lr schedule {list(DECREE_LR_SCHEDULE)} (first step, lr), betas {DECREE_BETAS}, "
-        f"batch {min(batch, n_images)}, uniform random initial mask and pattern",
-        "lambda": f"loss −cos + λ‖m‖₁, λ₀ = {DECREE_LAMBDA_INIT:g}; ×/÷ {DECREE_LAMBDA_FACTOR:g} after "
-        f"{DECREE_PATIENCE} consecutive successes / failures, floor {DECREE_LAMBDA_MIN:g}",
-        "early_stop": f"after a success with no smaller mask for > {DECREE_EARLY_STOP} steps",
-        "budget": {"steps": steps, "seconds": seconds},
-        "score": "PL1 = ‖m‖₁ / (H·W) of the smallest successful mask; 1.0 when none succeeded",
+        "mask": f"H×W mask repeated over the channels; ‖m‖₁ summed over {DECREE_MASK_CHANNELS} channels",
+        "optimizer": f"Adam, betas {DECREE_BETAS}, batch {min(batch, n)} of {n} images; lr {DECREE_LR} before "
+        f"epoch {prof.milestones[0]}, {DECREE_LATE_LRS[0]} before epoch {prof.milestones[1]}, then "
+        f"{DECREE_LATE_LRS[1]} (the code's {prof.name} settings); uniform random initial mask and pattern",
+        "lambda": f"loss −cos + λ‖m‖₁, λ₀ = {DECREE_LAMBDA_INIT:g}; ×{DECREE_LAMBDA_FACTOR:g} (while below "
+        f"{DECREE_LAMBDA_MAX:g}) / ÷{DECREE_LAMBDA_FACTOR:g} (while ≥ {prof.lambda_min:g}) after more than "
+        f"{DECREE_PATIENCE} consecutive successes / failures; reset to λ₀ after more than {2 * DECREE_PATIENCE} "
+        f"successes below {prof.lambda_min:g}",
+        "stop": f"end of an epoch (from epoch {prof.milestones[1]}, the schedule's end) whose mean batch cosine "
+        f"> {DECREE_COS_THRESHOLD} after more than {prof.stop_patience} steps without a smaller successful mask",
+        "budget": {"epochs": epochs, "steps": steps, "seconds": seconds},
+        "score": f"PL1 = ‖m‖₁ / ({DECREE_MASK_CHANNELS}·H·W) of the smallest successful mask; 1.0 when none "
+        "succeeded",
+        "trigger_region": "decree_mask_in_region = Σ_region m / Σ m; decree_region_share = the region's share "
+        "of the image (a uniform mask's)" if with_region else None,
         "threshold": threshold,
-        "threshold_calibration": "Feng et al. flag PL1 < 0.1 on their encoders. Calibrated on clean encoders: "
-        "our tiny SimCLR ConvNets at 32 px have clean PL1 ≈ 0.3 and backdoored ≤ 0.1 (benchmarks/RESULTS.md, "
-        "'backdoor'). Recalibrate for another architecture, input size or dataset by scanning known-clean "
-        "encoders of that kind and setting decree_threshold below their PL1",
+        "threshold_calibration": DECREE_CALIBRATION,
     }  # fmt: skip

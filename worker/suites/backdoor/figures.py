@@ -46,7 +46,8 @@ def trigger_table(scores: Sequence[TriggerScore]) -> list[dict[str, Any]]:
 
 
 def decree_figure(dr: DecreeResult, image_size: Sequence[int], threshold: float) -> dict[str, Any]:
-    """DECREE's recovered mask, pattern and stamp (mask·pattern) as images, with its outcome and trace."""
+    """DECREE's recovered mask, pattern and stamp (mask·pattern) as images, with its outcome and trace; with a
+    known trigger region, the share of the mask's mass inside it and the region's share of the image."""
     return {
         "mask": image_figure(dr.mask),
         "pattern": image_figure(dr.pattern),
@@ -58,6 +59,11 @@ def decree_figure(dr: DecreeResult, image_size: Sequence[int], threshold: float)
         "cos_all_images": dr.cos_all,
         "first_success_step": dr.first_success_step,
         "stopped": dr.stopped,
+        "epochs": dr.epochs,
+        "schedule_done": dr.schedule_done,
+        "similarity": dr.similarity,
+        "mask_in_region": dr.mask_in_region,
+        "region_share": dr.region_share,
         "trace": dr.trace,
         "direction": "lower PL1 = more suspicious: a small stamp collapses the encoder",
         "threshold": threshold,

@@ -1,6 +1,12 @@
 """Spectral signature (Tran, Li & Madry, NeurIPS 2018) on k-means pseudo-labels: the pool scan has no labels,
 so clusters of the embeddings stand in for classes.
 
+Robust pseudo-classes (``merge_small_clusters``): the signature needs the poisons to be a minority *inside* a
+class. When a backdoor gathers enough poisons, k-means gives them a cluster of their own and the signature, now
+computed within an all-poison cluster, says nothing. A pseudo-class is therefore required to hold at least
+MIN_CLASS_SHARE of the pool, above the poison shares the scan is meant for (SPECTRE, Hayase et al. ICML 2021,
+likewise works with an upper bound on the poison share): smaller clusters are merged into the nearest one.
+
 k-means is Lloyd's algorithm with k-means++ seeding (Arthur & Vassilvitskii, SODA 2007), float32, distances
 chunked under SIMILARITY_BUDGET bytes per block.
 """
@@ -10,13 +16,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from worker.suites.common.arrays import NORMALIZE_EPS
+from worker.suites.common.arrays import NORMALIZE_EPS, l2_normalize
 from worker.suites.common.budget import rows_per_chunk
 from worker.suites.common.device import resolve_device
 
 from .knn import SIMILARITY_BUDGET, as_rows
 
 KMEANS_ITERS = 100  # Lloyd rounds at most
+MIN_CLASS_SHARE = 0.03  # robust pseudo-classes hold ≥ 3 % of the pool (poison shares of interest: 0.5–2 %)
 
 
 def kmeans(embeddings: np.ndarray | torch.Tensor, n_clusters: int, *, seed: int = 0, iters: int = KMEANS_ITERS,
@@ -49,7 +56,11 @@ def _kmeans_pp(z: torch.Tensor, sq: torch.Tensor, n_clusters: int, g: torch.Gene
     d2 = _sqdist(z, sq, centres).squeeze(1)
     for _ in range(1, n_clusters):
         prob = d2.clamp_min(0).double().cpu()
-        j = int(torch.multinomial(prob, 1, generator=g)) if prob.sum() > 0 else int(torch.randint(n, (1,), generator=g))
+        j = (
+            int(torch.multinomial(prob, 1, generator=g))
+            if prob.sum() > 0
+            else int(torch.randint(n, (1,), generator=g))
+        )
         centres = torch.cat([centres, z[j][None]])
         d2 = torch.minimum(d2, _sqdist(z, sq, z[j][None]).squeeze(1))
     return centres
@@ -82,6 +93,38 @@ def _assign(z: torch.Tensor, sq: torch.Tensor, centres: torch.Tensor) -> tuple[t
         dist.append(d)
         lab.append(i)
     return torch.cat(dist), torch.cat(lab)
+
+
+def merge_small_clusters(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, min_size: float, *,
+                         device: str | torch.device | None = None) -> np.ndarray:  # fmt: skip
+    """Robust pseudo-classes: while more than one cluster is left and the smallest (lowest label on ties) has
+    fewer than `min_size` rows, merge it into the cluster whose centroid is nearest by cosine (centroid = mean of
+    the L2-normalised rows; ties to the lower label). Returns labels renumbered 0..K′−1 in label order."""
+    dev = resolve_device(device, embeddings)
+    z = l2_normalize(as_rows(embeddings, dev)).to(torch.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if len(labels) != z.shape[0]:
+        raise ValueError(f"{len(labels)} labels for {z.shape[0]} rows")
+    ids, lab = np.unique(labels, return_inverse=True)
+    k = len(ids)
+    sums = torch.zeros((k, z.shape[1]), dtype=torch.float64, device=dev).index_add_(
+        0, torch.from_numpy(lab).to(dev), z
+    )
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    alive = np.ones(k, bool)
+    while alive.sum() > 1:
+        c = int(np.flatnonzero(alive)[np.argmin(counts[alive])])
+        if counts[c] >= min_size:
+            break
+        cent = sums / sums.norm(dim=1, keepdim=True).clamp_min(NORMALIZE_EPS)
+        sim = (cent @ cent[c]).cpu().numpy()
+        sim[~alive | (np.arange(k) == c)] = -np.inf
+        t = int(np.argmax(sim))
+        sums[t] += sums[c]
+        counts[t] += counts[c]
+        alive[c] = False
+        lab[lab == c] = t
+    return np.unique(lab, return_inverse=True)[1].astype(np.int64)
 
 
 def spectral_signature(embeddings: np.ndarray | torch.Tensor, labels: np.ndarray, *,

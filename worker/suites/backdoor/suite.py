@@ -23,7 +23,7 @@ def on_embeddings(arrays: Any, params: dict[str, Any], device: str, progress: Pr
     result = scan_pool(np.asarray(arrays.embeddings), images=images, poison=arrays.poison, device=device,
                        progress=progress, **params)
     if images is not None:
-        score = "spectral" if "spectral" in result.figures["top_suspicious"] else next(
+        score = "combined" if "combined" in result.figures["top_suspicious"] else next(
             iter(result.figures["top_suspicious"]))
         top = result.figures["top_suspicious"][score]["indices"][:MONTAGE_SIDE**2]
         result.figures["montage"] = {"score": score, "indices": top, "pixels": montage(images, top)}

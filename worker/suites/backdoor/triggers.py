@@ -3,7 +3,7 @@ the control stamps of equal energy that the collapse scores are compared against
 
 Every trigger maps uint8 images N×H×W×C (the dataset format) to uint8 images of the same shape; arithmetic is
 float64 (int16 for the grid), rounded half-to-even and clipped to 0..255 once at the end. Recipes follow the
-attacks' code as summarised in shared/METRICS.md, "Backdoor suite"; sizes are given at 32×32 and scaled with
+attacks' code as summarised in docs/METRICS.md, "Backdoor suite"; sizes are given at 32×32 and scaled with
 the image size where a recipe has a size.
 
   badencoder  BadEncoder (Jia, Liu & Gong, IEEE S&P 2022; code `trigger_pt_white_21_10_ap_replace.npz`):
