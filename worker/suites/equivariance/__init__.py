@@ -1,6 +1,6 @@
 """Equivariance suite: how an encoder's features respond to known image transformations (label-free).
 
-The contract is shared/METRICS.md, "Equivariance suite". f is the encoder, x an image, T a transformation with
+The contract is docs/METRICS.md, "Equivariance suite". f is the encoder, x an image, T a transformation with
 explicit parameters from one of 13 families (geometric, colour, blur). Every transformation runs batched on
 the device in plain torch, from parameters drawn with numpy generators seeded by (seed, family), and every
 choice is written into the result's variant. Three protocols:

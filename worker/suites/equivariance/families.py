@@ -1,6 +1,6 @@
 """The transformation families: their parameters, fixed elements g (A, C), random draws (B) and B's targets.
 
-Strengths and ranges are shared/METRICS.md's ("Equivariance suite"): the fixed transforms g of A and C, and the
+Strengths and ranges are docs/METRICS.md's ("Equivariance suite"): the fixed transforms g of A and C, and the
 random range of B:
 
   family      parameters            fixed g (A, C)                         random (B)              target

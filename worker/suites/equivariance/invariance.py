@@ -1,4 +1,4 @@
-"""A. Invariance curves over the fixed transforms g of a family (shared/METRICS.md, "Equivariance suite").
+"""A. Invariance curves over the fixed transforms g of a family (docs/METRICS.md, "Equivariance suite").
 
 The ranked summary is the relative invariance (scores.relative_invariance; Bouchacourt et al. 2021):
 rel_g = 1 − mean_i ‖f(gx_i) − f(x_i)‖² / mean_{i≠j} ‖f(gx_j) − f(x_i)‖², the change g makes to an image's

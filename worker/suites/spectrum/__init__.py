@@ -1,6 +1,6 @@
 """Spectrum suite: label-free metrics of an N×D embedding matrix (RankMe and kin), from one pass over its rows.
 
-The contract is shared/METRICS.md, "Spectrum suite". Modules:
+The contract is docs/METRICS.md, "Spectrum suite". Modules:
 
   metrics     RankMe (Garrido et al., ICML 2023), α-ReQ (Agrawal et al., NeurIPS 2022; reptrix `alpha.py`),
               NESum (He & Ozay, ICML 2022), stable rank (Rudelson & Vershynin 2007), inverse condition number;

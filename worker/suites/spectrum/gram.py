@@ -4,7 +4,7 @@ Z is the N×D embedding matrix. The Gram matrix ZᵀZ is accumulated in float64 
 file of any N fits in bounded memory), then a symmetric eigensolver (LAPACK dsyevd, ``eigvalsh``) gives
 σ_k = √max(λ_k(ZᵀZ), 0). Nested (Matryoshka) prefixes Z[:, :k] reuse the Gram matrix's leading k×k block,
 so they cost no second pass over the data. ``row_gram_blocks`` forms the N×N Gram of rows (uniformity) a
-block of rows at a time, never whole. The contract is shared/METRICS.md, "Spectrum suite".
+block of rows at a time, never whole. The contract is docs/METRICS.md, "Spectrum suite".
 
 Numerics (float64 Gram):
   * eigvalsh is accurate to ~ k·eps·λ_max in absolute terms, so an exactly rank-r matrix would show

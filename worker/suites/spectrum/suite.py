@@ -1,4 +1,4 @@
-"""The spectrum suite: every metric of shared/METRICS.md, "Spectrum suite", from one pass over the rows, and its
+"""The spectrum suite: every metric of docs/METRICS.md, "Spectrum suite", from one pass over the rows, and its
 entry point for the registry (repscope.suites)."""
 
 from __future__ import annotations
