@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 T = TypeVar("T")
 
@@ -88,7 +88,7 @@ class RunCreate(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict, description=f"free-form JSON object: at most "
                                    f"{MAX_CONFIG_DEPTH} levels deep and {MAX_CONFIG_BYTES} bytes")
     tags: list[Annotated[str, Field(max_length=MAX_TAG_LENGTH)]] = Field(default_factory=list, max_length=50)
-    update: bool = Field(False, description="an existing run with another config: replace its config with this one "
+    update: StrictBool = Field(False, description="an existing run with another config: replace its config with this one "
                          "(without it, the request answers 409 naming the differing top-level keys)")
 
     @field_validator("config")
@@ -107,7 +107,7 @@ class RunUpdate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200, pattern=RUN_NAME)
     notes: str | None = Field(None, max_length=MAX_NOTES_LENGTH)
     tags: list[Annotated[str, Field(min_length=1, max_length=MAX_TAG_LENGTH)]] | None = Field(None, max_length=50)
-    archived: bool | None = None
+    archived: StrictBool | None = None  # strict: 0/1 or "true" are refused, not coerced
 
 
 class ProjectRead(_Read):
